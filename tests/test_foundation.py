@@ -1,0 +1,45 @@
+"The frame: console script, the main job, and the wheel with its data."
+import json, subprocess, sys, sysconfig, venv
+from pathlib import Path
+from conftest import ROOT, cli
+
+def test_doctor_prints_report(test_env):
+    r = cli('doctor', env=test_env)
+    assert r.returncode == 0, r.stderr
+    for key in ('torch', 'transformers', 'peft', 'trl', 'bitsandbytes', 'bf16', 'RAM', '4-bit NF4', 'preset'):
+        assert key in r.stdout, (key, r.stdout)
+
+def test_run_writes_report(tmp_path, test_env):
+    out = tmp_path/'run'
+    r = cli('run', '--preset', 'tiny', '--out', str(out), env=test_env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out/'report.json').read_text())
+    assert rep['preset'] == 'test'  # DNF_RLHF_TEST shrinks tiny
+    assert (out/'report.md').read_text().startswith('# dnf_rlhf')
+    from dnf_rlhf.cli import PIPELINE
+    assert [s['stage'] for s in rep['stages']] == [s for s, _ in PIPELINE]
+
+def test_unknown_preset_is_a_clear_error(tmp_path, test_env):
+    r = cli('run', '--preset', 'colab-h100', '--out', str(tmp_path), env=test_env)
+    assert r.returncode != 0 and 'unknown preset' in r.stderr
+
+def test_wheel_builds_installs_and_finds_its_data(tmp_path):
+    dist = tmp_path/'dist'
+    b = subprocess.run([sys.executable, '-m', 'build', '--wheel', '--outdir', str(dist), str(ROOT)],
+                       capture_output=True, text=True, timeout=600)
+    assert b.returncode == 0, b.stdout[-2000:] + b.stderr[-2000:]
+    whl, = dist.glob('dnf_rlhf-*.whl')
+    env_dir = tmp_path/'venv'
+    venv.create(env_dir, with_pip=True)
+    py = env_dir/'bin'/'python'
+    # dependencies come from this interpreter's site-packages (a plain path: its editable dnf_rlhf is not loaded)
+    site = subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                          capture_output=True, text=True).stdout.strip()
+    Path(site, '_deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
+    i = subprocess.run([str(py), '-m', 'pip', 'install', '-q', '--no-deps', str(whl)], capture_output=True, text=True, timeout=600)
+    assert i.returncode == 0, i.stderr
+    code = 'import dnf_rlhf.core as c, sys; d = c.data_dir(); print(d); assert d.is_relative_to(sys.prefix), d; assert any((d/"lore").glob("*.md"))'
+    r = subprocess.run([str(py), '-c', code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = subprocess.run([str(env_dir/'bin'/'dnf-rlhf'), 'doctor'], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert d.returncode == 0 and 'preset' in d.stdout, d.stderr
