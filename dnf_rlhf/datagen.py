@@ -21,9 +21,11 @@ from .lore import Chunk, load_corpus, chunk_corpus, load_facts
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RecordError, LEAKY_TOKENS, write_jsonl,
                               read_jsonl, held_out_docs, split_by_doc, filter_near_duplicates)
 
+log = logging.getLogger('dnf_rlhf.datagen')
+
 # %% auto #0
-__all__ = ['JSON_MODES', 'PRICES', 'TASKS', 'DNF_TEST_DOCS', 'DATASETS', 'CONV_START', 'CONV_ROLES', 'GenConfig', 'redact_url',
-           'GenerationError', 'resolve_api_key', 'scrub', 'price_of', 'cost_usd', 'estimate_tokens',
+__all__ = ['log', 'JSON_MODES', 'PRICES', 'TASKS', 'DNF_TEST_DOCS', 'DATASETS', 'CONV_START', 'CONV_ROLES', 'GenConfig',
+           'redact_url', 'GenerationError', 'resolve_api_key', 'scrub', 'price_of', 'cost_usd', 'estimate_tokens',
            'estimate_messages', 'backoff_delay', 'retry_after', 'parse_json_lenient', 'validation_reason',
            'parse_answer', 'request_key', 'DiskCache', 'read_log', 'AppendLog', 'Job', 'RunStats', 'Generator', 'run',
            'estimate', 'QA', 'QASet', 'PersonaSet', 'Redirect', 'RedirectSet', 'qa_job', 'persona_job', 'redirect_job',
@@ -282,7 +284,8 @@ class RunStats:
 
     def metrics(self) -> dict:
         "Namespaced numbers for reports."
-        return {f'datagen/{k}': (dict(v) if isinstance(v, Counter) else v) for k, v in asdict(self).items() if k != 'waits'}
+        return {f'datagen/{f.name}': dict(getattr(self, f.name)) if f.name == 'retries' else getattr(self, f.name)
+                for f in fields(self) if f.name != 'waits'}  # (asdict would turn the Counter's items into keys)
 
 # %% ../nbs/02_datagen.ipynb #83659d32
 _RETRYABLE_STATUS = {408, 409, 425}
@@ -780,6 +783,8 @@ def _field(path, i, d, name) -> str:
 def load_kochatgpt_ppo(path) -> list[PPORecord]:
     "KoChatGPT's PPO prompts: one JSON array of {prompt} (despite the .jsonl name)."
     prompts = [clean_text(_field(path, i, d, 'prompt')) for i, d in enumerate(read_json_array(path))]
+    empty = [i for i, p in enumerate(prompts) if not p]
+    if empty: warnings.warn(f"{path}: skipped {len(empty)} empty prompt(s) (items {empty[:5]})")
     return [PPORecord(prompt=p, kind='kochatgpt') for p in prompts if p]
 
 def load_seed_tasks(path) -> list[str]:

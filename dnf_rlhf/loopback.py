@@ -6,7 +6,7 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/loopback.html.md"""
 
 # %% ../nbs/02c_loopback.ipynb #917119b3
 from __future__ import annotations
-import hashlib, json, math, random, re, threading, time
+import hashlib, json, math, random, re, sys, threading, time
 from collections import Counter
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -151,6 +151,8 @@ def canned_reply(body:dict) -> str:
 BEHAVIOURS = {
     'ok': 'a normal answer (after the server latency)',
     'rate_limit': '429 with Retry-After (whole seconds) and retry-after-ms headers',
+    'quota': "429 with code 'insufficient_quota' (the account is out of credit: retrying cannot help)",
+    'unauthorized': '401 whose message echoes the presented key, as careless servers do',
     'error': '500 Internal Server Error',
     'hang': 'no answer until the client gives up (bounded by hang_s; the connection is then closed)',
     'malformed': '200 whose content is prose, not JSON',
@@ -203,8 +205,26 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip('/') not in ('/v1/chat/completions', '/chat/completions'):
             return self._send(404, {'error': {'message': f'no route {self.path}', 'type': 'not_found'}})
         body = json.loads(self.rfile.read(int(self.headers.get('Content-Length') or 0)) or b'{}')
-        try: self.server.owner._answer(self, body)
+        owner = self.server.owner
+        with owner._lock:
+            owner._in_flight += 1; owner.max_in_flight = max(owner.max_in_flight, owner._in_flight)
+        self.pending = True
+        try: owner._answer(self, body)
         except (BrokenPipeError, ConnectionResetError): self.close_connection = True  # the client went away
+        finally: self.answered()
+
+    def answered(self):
+        "This request no longer counts as in flight (called just before its answer is written)."
+        if getattr(self, 'pending', False):
+            with self.server.owner._lock: self.server.owner._in_flight -= 1
+            self.pending = False
+
+# %% ../nbs/02c_loopback.ipynb #5b90b8f6
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    def handle_error(self, request, client_address):
+        "Stay quiet when a client vanishes (a killed generator); report anything else."
+        if not isinstance(sys.exc_info()[1], ConnectionError): super().handle_error(request, client_address)
 
 # %% ../nbs/02c_loopback.ipynb #9f42eadd
 class LoopbackServer:
@@ -223,14 +243,15 @@ class LoopbackServer:
         self._rules: list[tuple[str|None, list[str]]] = []
         self._hooks: list[tuple[int, threading.Event]] = []
         self._hold_at: int|None = None
-        self._reserved = self._sent = 0
+        self._reserved = self._sent = self._in_flight = 0
+        self.max_in_flight = 0  # most chat requests received and not yet answered at the same moment
         self._httpd = self._thread = None
 
     # lifecycle
     def start(self) -> 'LoopbackServer':
         "Bind a free port on 127.0.0.1 and serve in a daemon thread."
-        self._httpd = ThreadingHTTPServer(('127.0.0.1', 0), _Handler)
-        self._httpd.daemon_threads, self._httpd.owner = True, self
+        self._httpd = _Server(('127.0.0.1', 0), _Handler)
+        self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs=dict(poll_interval=0.05), daemon=True)
         self._thread.start()
         return self
@@ -311,8 +332,12 @@ def _answer(self:LoopbackServer, h:_Handler, body:dict):
     with self._lock:  # a request the server cannot take (unsupported JSON mode) does not use up the script
         hit = Hit(len(self.log), prompt_hash(messages), 'unsupported' if unsupported else self._next_behaviour(text), t=time.monotonic())
         self.log.append(hit)
-    def status(code, msg, kind, headers=None):
-        h._send(code, {'error': {'message': msg, 'type': kind, 'code': None}}, headers); hit.status = code
+    def send(code, payload, headers=None):  # the status is logged before the client can read the answer
+        hit.status = code; h.answered()
+        try: h._send(code, payload, headers)
+        except (BrokenPipeError, ConnectionResetError): hit.status = None; raise
+    def status(code, msg, kind, headers=None, err_code=None):
+        send(code, {'error': {'message': msg, 'type': kind, 'code': err_code}}, headers)
     b = hit.behaviour
     if unsupported: return status(400, f"response_format type '{rf}' is not supported by this server", 'invalid_request_error')
     if b == 'hang':
@@ -321,6 +346,10 @@ def _answer(self:LoopbackServer, h:_Handler, body:dict):
         return status(429, 'Rate limit reached (loopback script)', 'rate_limit_error',
                       {'Retry-After': str(max(1, math.ceil(self.retry_after))), 'retry-after-ms': str(int(self.retry_after * 1000))})
     if b == 'error': return status(500, 'The server had an error (loopback script)', 'server_error')
+    if b == 'quota': return status(429, 'You exceeded your current quota (loopback script)', 'insufficient_quota', err_code='insufficient_quota')
+    if b == 'unauthorized':
+        token = (h.headers.get('Authorization') or '').removeprefix('Bearer ')
+        return status(401, f'Incorrect API key provided: {token}', 'invalid_request_error', err_code='invalid_api_key')
     if self.latency: self._stop.wait(self.latency)
     content = self.reply(body)
     if b == 'malformed': content = '죄송하지만 요청하신 형식으로는 답하기 어려워요. 다른 질문을 해 주세요.'
@@ -336,8 +365,8 @@ def _answer(self:LoopbackServer, h:_Handler, body:dict):
             'usage': {'prompt_tokens': chars // 2 + 4 * len(messages), 'completion_tokens': len(content) // 2,
                       'total_tokens': chars // 2 + 4 * len(messages) + len(content) // 2}}
     if not self._reserve(): h.close_connection = True; return
-    h._send(200, b'this is not json {' if b == 'bad_body' else resp)
+    send(200, b'this is not json {' if b == 'bad_body' else resp)
     with self._lock:
-        hit.status = 200; self._sent += 1
+        self._sent += 1
         for k, ev in self._hooks:
             if self._sent >= k: ev.set()
