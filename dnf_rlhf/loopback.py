@@ -282,12 +282,12 @@ def script(self:LoopbackServer, *behaviours:str, match:str|None=None) -> Loopbac
 
 @patch
 def after(self:LoopbackServer, k:int, hold:bool=False) -> threading.Event:
-    "An event set once `k` successful answers have been sent; with `hold`, later answers wait for `release()`."
+    "An event set once `k` more successful answers (counted from now) have been sent; with `hold`, later ones wait for `release()`."
     ev = threading.Event()
     with self._lock:
-        self._hooks.append((k, ev))
-        if hold: self._hold_at = k; self._released.clear()
-        if self._sent >= k: ev.set()
+        self._hooks.append((self._sent + k, ev))
+        if hold: self._hold_at = self._reserved + k; self._released.clear()
+        if k <= 0: ev.set()
     return ev
 
 @patch
