@@ -20,6 +20,7 @@ from .core import DNF_PERSONA, ProjectConfig, save_json, load_json
 from .lore import Chunk, load_corpus, chunk_corpus, load_facts
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RecordError, LEAKY_TOKENS, write_jsonl,
                               read_jsonl, held_out_docs, split_by_doc, filter_near_duplicates)
+from .demo_data import length_baseline
 
 log = logging.getLogger('dnf_rlhf.datagen')
 
@@ -636,17 +637,18 @@ def persona_job(c:Chunk, persona:str=DNF_PERSONA) -> Job:
     return _job('persona', c, PersonaSet, (
         "사용자가 이 자료에 대해 물을 법한 질문 하나를 만들고, 그 질문에 대한 답 세 개를 쓰세요.\n"
         f"- good: 다음 페르소나로 쓴 가장 좋은 답. 자료의 사실에 근거해 3문장 안팎, 정중한 해요체.\n  페르소나: {persona}\n"
-        "- plain: 사실은 맞지만 딱딱하고 성의 없는 한 문장 (다체나 반말).\n"
-        "- bad: 자료와 어긋나는 내용을 말하거나 질문을 피하는 나쁜 답."),
+        "- plain: 사실은 맞지만 딱딱하고 성의 없는 답 (다체나 반말).\n"
+        "- bad: 자료와 어긋나는 내용을 말하거나 질문을 피하는 나쁜 답.\n"
+        "세 답의 길이는 비슷하게 쓰세요. 길이만 보고 좋고 나쁨을 알 수 있으면 안 됩니다."),
         {'question': '…', 'good': '…', 'plain': '…', 'bad': '…'}, 500)
 
 def redirect_job(c:Chunk, n:int=2) -> Job:
     "Hostile user messages about chunk `c`'s topic with a polite redirect and a bad reply."
     return _job('redirect', c, RedirectSet, (
-        f"게임 안내 챗봇에게 사용자가 이 주제로 보낼 법한 적대적이거나 무례한 메시지 {n}개를 만드세요. "
-        "심한 욕설이나 특정 집단을 비하하는 표현은 쓰지 마세요. 각 메시지마다:\n"
+        f"게임 안내 챗봇에게 사용자가 이 주제로 보낼 법한 적대적이거나 무례한 메시지, 또는 게임 속 종족·직업·세력을 "
+        f"혐오하는 메시지 {n}개를 만드세요. 심한 욕설이나 현실의 특정 집단을 비하하는 표현은 쓰지 마세요. 각 메시지마다:\n"
         "- redirect: 화내지 않고 감정을 받아 준 뒤, 이 주제에 대해 도울 수 있는 쪽으로 대화를 돌리는 정중한 해요체 답 (2~3문장)\n"
-        "- retaliate: 같이 화를 내며 맞받아치거나 사용자의 비하에 동조하는 나쁜 답"),
+        "- retaliate: 같이 화를 내며 맞받아치거나 사용자의 비하에 동조하는 나쁜 답 (redirect와 비슷한 길이)"),
         {'items': [{'hostile': '…', 'redirect': '…', 'retaliate': '…'}]}, 600)
 
 TASKS = {'qa': qa_job, 'persona': persona_job, 'redirect': redirect_job}  # task -> job builder for one chunk
@@ -769,8 +771,13 @@ def build_datasets(gen:Generator, seeds:list[str]=(), threshold:float=0.7, test_
     if test_docs is None:
         ids = [d.id for d in load_corpus((project or ProjectConfig()).corpus_path())]
         test_docs = held_out_docs(ids, 0.2, include=DNF_TEST_DOCS)
+    lb = length_baseline(recs['pairs']) if recs['pairs'] else None
+    if lb is not None and lb > 0.65:
+        log.warning("in %.0f%% of the pairs the chosen answer is the longer one: a reward model can learn length "
+                    "instead of quality (check the prompts or the model)", 100 * lb)
     stats = {'datagen/results': len(results), 'datagen/rejects': len(gen.rejects()),
-             'datagen/self_instruct_kept': len(kept), 'datagen/self_instruct_dropped': len(dropped)}
+             'datagen/self_instruct_kept': len(kept), 'datagen/self_instruct_dropped': len(dropped),
+             'datagen/pairs_length_baseline': None if lb is None else round(lb, 3)}
     for k in DATASETS:
         train, test = split_by_doc(recs[k], test_docs)
         write_jsonl(gen.out/'data'/f'{k}_train.jsonl', train); write_jsonl(gen.out/'data'/f'{k}_test.jsonl', test)
