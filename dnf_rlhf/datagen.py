@@ -16,6 +16,7 @@ from typing import Any, Iterable, Type
 from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from tqdm.auto import tqdm
+from fastcore.basics import patch
 from .core import DNF_PERSONA, ProjectConfig, save_json, load_json
 from .lore import Chunk, load_corpus, chunk_corpus, load_facts
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RecordError, LEAKY_TOKENS, write_jsonl,
@@ -28,12 +29,11 @@ log = logging.getLogger('dnf_rlhf.datagen')
 __all__ = ['log', 'JSON_MODES', 'PRICES', 'TASKS', 'DNF_TEST_DOCS', 'DATASETS', 'CONV_START', 'CONV_ROLES', 'GenConfig',
            'redact_url', 'GenerationError', 'resolve_api_key', 'scrub', 'price_of', 'cost_usd', 'estimate_tokens',
            'estimate_messages', 'backoff_delay', 'retry_after', 'parse_json_lenient', 'validation_reason',
-           'parse_answer', 'request_key', 'DiskCache', 'read_log', 'AppendLog', 'Job', 'RunStats', 'Generator', 'run',
-           'estimate', 'QA', 'QASet', 'PersonaSet', 'Redirect', 'RedirectSet', 'qa_job', 'persona_job', 'redirect_job',
-           'select_chunks', 'chunk_jobs', 'Instruction', 'InstructionSet', 'self_instruct_job', 'select_self_instruct',
-           'self_instruct', 'records_of', 'build_datasets', 'clean_text', 'read_json_array', 'load_kochatgpt_ppo',
-           'load_seed_tasks', 'load_kochatgpt_conversations', 'render_turns', 'conversation_sft', 'load_vaiv',
-           'load_external', 'main']
+           'parse_answer', 'request_key', 'DiskCache', 'read_log', 'AppendLog', 'Job', 'RunStats', 'Generator', 'QA',
+           'QASet', 'PersonaSet', 'Redirect', 'RedirectSet', 'qa_job', 'persona_job', 'redirect_job', 'select_chunks',
+           'chunk_jobs', 'Instruction', 'InstructionSet', 'self_instruct_job', 'select_self_instruct', 'self_instruct',
+           'records_of', 'build_datasets', 'clean_text', 'read_json_array', 'load_kochatgpt_ppo', 'load_seed_tasks',
+           'load_kochatgpt_conversations', 'render_turns', 'conversation_sft', 'load_vaiv', 'load_external', 'main']
 
 # %% ../nbs/02_datagen.ipynb #6a79d215
 @dataclass
@@ -417,6 +417,7 @@ class _Rejected(Exception):
     def __init__(self, reason:str, final:bool): super().__init__(reason); self.reason, self.final = reason, final
 
 # %% ../nbs/02_datagen.ipynb #93756a3c
+@patch
 def _adapt(self:Generator, params:dict, msg:str) -> bool:
     "Adapt `params` (in place) to a 400 about an unsupported parameter; True when something changed."
     low = msg.lower()
@@ -434,6 +435,7 @@ def _adapt(self:Generator, params:dict, msg:str) -> bool:
         return True
     return False
 
+@patch
 def _stop(self:Generator, why:str):
     "Start no new requests; in-flight ones finish and are recorded."
     if not self._stopping:
@@ -441,9 +443,8 @@ def _stop(self:Generator, why:str):
                                      'quota': 'the API account has no quota left (429 insufficient_quota)'}.get(why, why))
     self._stopping = self._stopping or why
 
-Generator._adapt, Generator._stop = _adapt, _stop
-
 # %% ../nbs/02_datagen.ipynb #9b713778
+@patch
 def _cost(self:Generator, entry:dict, messages:list[dict]) -> tuple[int, int, float, bool]:
     "(prompt tokens, completion tokens, USD, estimated?) of an answered request; estimated when the server sent no usage."
     u = entry.get('usage') or {}
@@ -452,6 +453,7 @@ def _cost(self:Generator, entry:dict, messages:list[dict]) -> tuple[int, int, fl
     if est: pt, ct = estimate_messages(messages), estimate_tokens(entry.get('content') or '')
     return pt, ct, cost_usd(pt, ct, self.price), est
 
+@patch
 async def _do_job(self:Generator, job:Job, client, st:RunStats, sem, rng, logs) -> None:
     "Run one job to a result or a reject."
     messages, reason, bad, called = job.messages, None, '', False
@@ -486,9 +488,8 @@ async def _do_job(self:Generator, job:Job, client, st:RunStats, sem, rng, logs) 
                             'attempts': 1 + self.cfg.max_invalid, 'answer': scrub(bad, self._key)[:2000], 'meta': job.meta})
     st.rejected += 1
 
-Generator._cost, Generator._do_job = _cost, _do_job
-
 # %% ../nbs/02_datagen.ipynb #f7d77515
+@patch
 async def _arun(self:Generator, jobs:list[Job], desc:str) -> RunStats:
     import openai
     t0, st = time.monotonic(), RunStats(jobs=len(jobs))
@@ -526,6 +527,7 @@ async def _arun(self:Generator, jobs:list[Job], desc:str) -> RunStats:
     if self.fatal: raise GenerationError(self.fatal)
     return st
 
+@patch
 def run(self:Generator, jobs:Iterable[Job], desc:str='datagen') -> RunStats:
     "Run `jobs` (skipping finished ids) and return what happened; results are in `finished()` and `rejects()`."
     from filelock import FileLock, Timeout
@@ -549,9 +551,8 @@ def run(self:Generator, jobs:Iterable[Job], desc:str='datagen') -> RunStats:
                                st.jobs - st.skipped - st.ok - st.rejected - st.failed, st.jobs)
     return st
 
-Generator._arun, Generator.run = _arun, run
-
 # %% ../nbs/02_datagen.ipynb #6becfc53
+@patch
 def estimate(self:Generator, jobs:Iterable[Job]) -> dict:
     "Requests, tokens and USD the unfinished, uncached `jobs` would take (expected and worst case)."
     done, n, tin, tout, tmax = self.done_ids(), 0, 0, 0, 0
@@ -565,8 +566,6 @@ def estimate(self:Generator, jobs:Iterable[Job]) -> dict:
     price = self.price
     return {'requests': n, 'input_tokens': tin, 'output_tokens': tout, 'usd': round(cost_usd(tin, tout, price), 4),
             'usd_max': round(cost_usd(tin, tmax, price), 4), 'price_known': price is not None, 'model': self.cfg.model}
-
-Generator.estimate = estimate
 
 # %% ../nbs/02_datagen.ipynb #0cb7d4f8
 _POLITE = re.compile(r'(요|니다|세요|까요|죠)[.!?…~)\]"\']*$')
