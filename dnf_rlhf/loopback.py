@@ -222,6 +222,7 @@ class _Handler(BaseHTTPRequestHandler):
 # %% ../nbs/02c_loopback.ipynb #5b90b8f6
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog (default 5: a 16-way client would wait 1 s for SYN retransmits)
     def handle_error(self, request, client_address):
         "Stay quiet when a client vanishes (a killed generator); report anything else."
         if not isinstance(sys.exc_info()[1], ConnectionError): super().handle_error(request, client_address)
