@@ -20,14 +20,14 @@ from fastcore.basics import patch
 from .core import DNF_PERSONA, ProjectConfig, save_json, load_json
 from .lore import Chunk, load_corpus, chunk_corpus, load_facts
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RecordError, LEAKY_TOKENS, write_jsonl,
-                              read_jsonl, held_out_docs, split_by_doc, filter_near_duplicates)
+                              read_jsonl, held_out_docs, split_by_doc, filter_near_duplicates, DNF_TEST_DOCS)
 from .demo_data import length_baseline
 
 log = logging.getLogger('dnf_rlhf.datagen')
 
 # %% auto #0
-__all__ = ['log', 'JSON_MODES', 'PRICES', 'TASKS', 'DNF_TEST_DOCS', 'DATASETS', 'CONV_START', 'CONV_ROLES', 'GenConfig',
-           'redact_url', 'GenerationError', 'resolve_api_key', 'scrub', 'price_of', 'cost_usd', 'estimate_tokens',
+__all__ = ['log', 'JSON_MODES', 'PRICES', 'TASKS', 'DATASETS', 'CONV_START', 'CONV_ROLES', 'GenConfig', 'redact_url',
+           'GenerationError', 'resolve_api_key', 'scrub', 'price_of', 'cost_usd', 'estimate_tokens',
            'estimate_messages', 'backoff_delay', 'retry_after', 'parse_json_lenient', 'validation_reason',
            'parse_answer', 'request_key', 'DiskCache', 'read_log', 'AppendLog', 'Job', 'RunStats', 'Generator', 'QA',
            'QASet', 'PersonaSet', 'Redirect', 'RedirectSet', 'qa_job', 'persona_job', 'redirect_job', 'select_chunks',
@@ -716,8 +716,6 @@ def self_instruct(gen:Generator, chunks:list[Chunk], seeds:list[str], rounds:int
     return kept, dropped, st
 
 # %% ../nbs/02_datagen.ipynb #327d9ca1
-DNF_TEST_DOCS = ('character-tauking-shauta', 'character-ophelia-vagrance', 'region-murkwood')  # DnF project's test questions
-
 def _shuffle3(job_id:str) -> list[int]:
     "A permutation of [0, 1, 2] fixed by the job id."
     p = [0, 1, 2]; random.Random(job_id).shuffle(p); return p

@@ -14,7 +14,8 @@ from pathlib import Path
 from .core import data_dir, in_test, save_json
 from .lore import Doc, Fact, load_corpus, load_facts, chunk_corpus, chunks_for_span, sentence_spans
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RetrievalRecord, write_jsonl, read_jsonl,
-                              held_out_docs, filter_near_duplicates)
+                              held_out_docs, filter_near_duplicates, DNF_TEST_DOCS)
+from .chat import is_haeyo
 
 # %% auto #0
 __all__ = ['DNF_QUESTIONS', 'PPO_SIGNOFF', 'DEMO_FILES', 'JOSA', 'VALUE_KINDS', 'WHAT', 'ANSWER_NOUN', 'ANSWER_BY_KIND',
@@ -22,7 +23,7 @@ __all__ = ['DNF_QUESTIONS', 'PPO_SIGNOFF', 'DEMO_FILES', 'JOSA', 'VALUE_KINDS', 
            'UNKNOWN_ENTITIES', 'UNKNOWN_ANSWERS', 'HOSTILE', 'REDIRECTS', 'ECHOES', 'HOSTILE_RUDE', 'PLAIN_QUESTIONS',
            'PARAPHRASES', 'QUESTION_WORDS', 'REJECTION_TYPES', 'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER',
            'UNRELATED_ANSWER', 'SCHEMAS', 'DemoDataConfig', 'final_consonant', 'josa', 'fill', 'value_kind',
-           'sentences', 'is_haeyo', 'fact_key', 'state', 'stable_hash', 'pick', 'support_fact', 'answer', 'cue_form',
+           'sentences', 'fact_key', 'state', 'stable_hash', 'pick', 'support_fact', 'answer', 'cue_form',
            'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'banmal', 'length_baseline',
            'by_length', 'truncations', 'FactBook', 'Slot', 'select_prompts', 'build_demo_data', 'demo_stats',
            'demo_dir', 'write_demo_files', 'write_demo_data', 'load_demo', 'states_fact', 'fact_accuracy']
@@ -41,7 +42,7 @@ class DemoDataConfig:
     "How the demo datasets are built."
     seed: int = 0  # order of records in each file and the held-out hand-written messages (per-item choices are keyed hashes)
     test_frac: float = 0.2  # fraction of lore documents (and of hand-written messages) held out for test
-    test_docs: tuple = ('character-tauking-shauta', 'character-ophelia-vagrance', 'region-murkwood')  # always held out
+    test_docs: tuple = DNF_TEST_DOCS  # always held out
     rouge_threshold: float = 0.7  # prompts at or above this character ROUGE-L to a kept prompt are rephrased or dropped
     context_chars: int = 360  # chunk size of the passages in retrieval-grounded SFT examples (fits the tiny model's 256-384 tokens)
     context_overlap: int = 80  # overlap of those chunks
@@ -104,11 +105,6 @@ _sentence_re = re.compile(r'(?<=[.!?])\s+')
 def sentences(text:str) -> list[str]:
     "The sentences of `text`, split after . ! ? followed by whitespace."
     return [s for s in _sentence_re.split(text.strip()) if s]
-
-def is_haeyo(text:str) -> bool:
-    "True when every sentence of `text` ends politely in 해요체 (-요 or -죠, then . ! ? or nothing)."
-    ss = sentences(text)
-    return bool(ss) and all(s.rstrip('.!?~ ').endswith(('요', '죠')) for s in ss)
 
 # %% ../nbs/02a_demo_data.ipynb #7f99fe0a
 WHAT = {'region': '곳', 'apostle': '존재', 'character': '인물', 'faction': '집단', 'event': '사건', 'class': '직업'}  # what an entity is, per category
