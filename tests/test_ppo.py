@@ -1,0 +1,63 @@
+"End-to-end PPO tests on the `test` size of the tiny preset: exact resume, the NaN guard, a programmatic reward, the CLI."
+import json
+from dataclasses import replace
+import pytest
+from safetensors.torch import load_file
+from dnf_rlhf.core import PRESETS, get_preset, load_json, stage_done
+from dnf_rlhf.ppo import (ppo_config, train_ppo, last_ppo_checkpoint, signoff_reward, ppo_main, ppo_dir, CHECKPOINT_PREFIX)
+
+PRESET = PRESETS['test']
+
+class Killed(Exception):
+    "Stands in for a disconnect in the middle of a run."
+
+def kill_after(step_to_die):
+    def cb(step, metrics):
+        if step == step_to_die: raise Killed(f'killed after step {step}')
+    return cb
+
+def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path):
+    # checkpoints every 2 steps; the run dies after step index 2, so step 2 is redone from the checkpoint after step 1
+    cfg = replace(ppo_config(PRESET), steps=4, checkpoint_every=2, sample_every=1, eval_prompts=8)
+    full = train_ppo(tmp_path/'full', PRESET, cfg=cfg)
+    with pytest.raises(Killed): train_ppo(tmp_path/'cut', PRESET, cfg=cfg, callbacks=[kill_after(2)])
+    assert last_ppo_checkpoint(tmp_path/'cut').name == f'{CHECKPOINT_PREFIX}000002'
+    resumed = train_ppo(tmp_path/'cut', PRESET, cfg=cfg)
+    assert (full['ppo/resumed_at'], resumed['ppo/resumed_at']) == (0, 2)
+    h_full, h_cut = load_json(tmp_path/'full'/'history.json'), load_json(tmp_path/'cut'/'history.json')
+    assert len(h_full) == 4 and h_full == h_cut  # every metric of every step, compared exactly
+    assert [json.loads(l) for l in open(tmp_path/'full'/'samples.jsonl')] == [json.loads(l) for l in open(tmp_path/'cut'/'samples.jsonl')]
+    wa, wb = (load_file(str(d/'adapter'/'adapter_model.safetensors')) for d in (tmp_path/'full', tmp_path/'cut'))
+    assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+    assert {k: v for k, v in full.items() if k.startswith('ppo_eval/')} == {k: v for k, v in resumed.items() if k.startswith('ppo_eval/')}
+    assert not list((tmp_path/'cut').glob(f'{CHECKPOINT_PREFIX}*'))  # checkpoints are removed once the artifact is complete
+
+def test_nonfinite_loss_stops_and_saves_a_checkpoint(tmp_path):
+    cfg = replace(ppo_config(PRESET), steps=2, eval_prompts=8)
+    with pytest.raises(FloatingPointError, match='nonfinite-checkpoint'):
+        train_ppo(tmp_path, PRESET, cfg=cfg, reward_fn=lambda text: float('nan'))
+    assert (tmp_path/'nonfinite-checkpoint'/'trainable.safetensors').exists()
+    assert last_ppo_checkpoint(tmp_path) is None  # never picked up as a resume point
+    assert not (tmp_path/'adapter').exists()
+
+def test_signoff_reward_rises_on_heldout_prompts_with_kl_below_target(tmp_path):
+    "The SFT model never ends with PPO_SIGNOFF; PPO on the dense sign-off reward must raise it on held-out prompts."
+    kl_target = 6.0
+    cfg = replace(ppo_config(PRESET), steps=64, lr=3e-4, ppo_epochs=4, init_kl_coef=0.02, kl_target=kl_target, eval_prompts=64)
+    m = train_ppo(tmp_path, PRESET, cfg=cfg, reward_fn=signoff_reward)
+    print({k: round(v, 4) for k, v in m.items() if isinstance(v, float)})
+    assert m['ppo_eval/prompts'] >= 64
+    assert m['ppo_eval/raw_sft'] < 0.5  # the SFT model does not already satisfy it
+    assert m['ppo_eval/reward_gain'] > 2 * m['ppo_eval/reward_gain_se'] > 0  # sampled answers, fixed seed, paired
+    assert m['ppo_eval/raw_ppo'] > m['ppo_eval/raw_sft']
+    assert m['ppo_eval/kl'] < kl_target and m['ppo/kl_final'] < kl_target
+    assert load_json(tmp_path/'manifest.json')['reward'] == 'reward_fn'
+
+def test_ppo_main_writes_the_stage(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('DNF_RLHF_TEST', '1')  # `tiny` becomes the `test` size, as under nbdev-test
+    assert ppo_main(['--preset', 'tiny', '--out', str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert stage_done(tmp_path/'ppo') and out['ppo/steps'] == ppo_config(get_preset('tiny')).steps
+    assert ppo_dir(get_preset('tiny'), tmp_path) == tmp_path/'ppo'
+    assert (tmp_path/'ppo'/'adapter'/'adapter_model.safetensors').exists() and (tmp_path/'ppo'/'curves.png').exists()
+    with pytest.raises(SystemExit): ppo_main(['--preset', 'tiny'])  # --out is required
