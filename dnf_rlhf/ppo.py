@@ -687,6 +687,8 @@ def before_after(layout:Layout, tok, records:list[PPORecord], preset:Preset, pro
         m[f'ppo_eval/greedy_eos_rate_{who}'] = float(np.mean([r[f'greedy_ended_{who}'] for r in rows]))
         m[f'ppo_eval/greedy_tokens_{who}'] = float(np.mean([r[f'greedy_tokens_{who}'] for r in rows]))
     m['ppo_eval/reward_gain'], m['ppo_eval/reward_gain_se'] = mean_se(r['reward_ppo'] - r['reward_sft'] for r in rows)
+    m['ppo_eval/fact_acc_change'], m['ppo_eval/fact_acc_change_se'] = mean_se(r['fact_ppo'] - r['fact_sft'] for r in rows
+                                                                              if r['fact_sft'] is not None)
     m['ppo_eval/win_rate'] = float(np.mean([1.0 if r['reward_ppo'] > r['reward_sft'] else 0.5 if r['reward_ppo'] == r['reward_sft']
                                             else 0.0 for r in rows]))
     m['ppo_eval/kl'], m['ppo_eval/kl_se'] = mean_se(heldout_kl(layout, tok, records, preset, project, cfg))
@@ -707,7 +709,8 @@ def ppo_report_markdown(rows:list[dict], m:dict, preset:Preset, cfg:PPOStageConf
              f"| greedy reward | {m['ppo_eval/greedy_reward_sft']:.3f} | {m['ppo_eval/greedy_reward_ppo']:.3f} |",
              f"| greedy EOS rate | {m['ppo_eval/greedy_eos_rate_sft']:.3f} | {m['ppo_eval/greedy_eos_rate_ppo']:.3f} |",
              f"| greedy answer tokens | {m['ppo_eval/greedy_tokens_sft']:.1f} | {m['ppo_eval/greedy_tokens_ppo']:.1f} |", '',
-             f"Reward gain (paired) {m['ppo_eval/reward_gain']:.3f} ± {m['ppo_eval/reward_gain_se']:.3f}; "
+             f"Reward gain (paired) {m['ppo_eval/reward_gain']:.3f} ± {m['ppo_eval/reward_gain_se']:.3f}; factual accuracy "
+             f"change (paired) {m['ppo_eval/fact_acc_change']:+.3f} ± {m['ppo_eval/fact_acc_change_se']:.3f}; "
              f"win rate under the RM {m['ppo_eval/win_rate']:.3f}; KL(PPO‖SFT) on held-out samples "
              f"{m['ppo_eval/kl']:.3f} ± {m['ppo_eval/kl_se']:.3f} nats (target {cfg.kl_target}).", '',
              '| query | SFT response | PPO response | reward before | reward after |', '|---|---|---|---:|---:|']
