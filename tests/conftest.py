@@ -7,9 +7,8 @@ SHARED = ROOT.parent/'shared'/'data'
 
 @pytest.fixture
 def test_env(tmp_path):
-    "Environment for subprocesses: the smaller `test` size of the tiny preset, a private cache."
-    env = dict(os.environ, DNF_RLHF_TEST='1', DNF_RLHF_CACHE=os.environ.get('DNF_RLHF_CACHE', str(tmp_path/'cache')),
-               MPLBACKEND='Agg', HF_HUB_OFFLINE='1')
+    "Environment for subprocesses: the smaller `test` size of the tiny preset; the artifact cache is shared (content-keyed)."
+    env = dict(os.environ, DNF_RLHF_TEST='1', MPLBACKEND='Agg', HF_HUB_OFFLINE='1')
     return env
 
 def cli(*args, env=None, cwd=None, timeout=600):

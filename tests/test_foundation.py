@@ -11,7 +11,7 @@ def test_doctor_prints_report(test_env):
 
 def test_run_writes_report(tmp_path, test_env):
     out = tmp_path/'run'
-    r = cli('run', '--preset', 'tiny', '--out', str(out), env=test_env)
+    r = cli('run', '--preset', 'tiny', '--out', str(out), env=test_env, timeout=1800)  # builds what the cache lacks
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out/'report.json').read_text())
     assert rep['preset'] == 'test'  # DNF_RLHF_TEST shrinks tiny

@@ -1,0 +1,46 @@
+"SFT and reward model: the 4-bit QLoRA path on CPU, resume after a disconnect, and GPU presets that never fall back."
+import json, os
+from dataclasses import replace
+from pathlib import Path
+import pytest
+from transformers import TrainerCallback
+from conftest import cli
+from dnf_rlhf.core import get_preset, load_json, METRICS, MissingArtifactError
+from dnf_rlhf.sft import train_sft, sft_config
+
+class Steps(TrainerCallback):
+    "Record the optimizer steps this run actually took."
+    def __init__(self): self.seen = []
+    def on_step_end(self, args, state, control, **kw): self.seen.append(state.global_step)
+
+class Disconnect(TrainerCallback):
+    "Raise right after the checkpoint of step `at` is written, like a Colab runtime that goes away."
+    def __init__(self, at): self.at = at
+    def on_save(self, args, state, control, **kw):
+        if state.global_step >= self.at: raise ConnectionError(f'runtime disconnected at step {state.global_step}')
+
+def small(preset='test'):
+    return replace(sft_config(get_preset(preset)), eval_steps=2, max_new_tokens=8)
+
+def test_qlora_4bit_steps_on_cpu(tmp_path):
+    nf4 = replace(get_preset('test'), quantization='nf4')
+    m = train_sft(tmp_path, nf4, cfg=small(), max_steps=3, limit=24)
+    assert m['sft/steps'] == 3
+    man = load_json(tmp_path/'manifest.json')
+    assert man['base']['quantization'] == 'nf4'
+    import bitsandbytes as bnb  # the adapter was trained on a 4-bit base: the base linear layers were Linear4bit
+    assert (tmp_path/'adapter'/'adapter_model.safetensors').exists()
+
+def test_resume_after_disconnect(tmp_path):
+    cfg = small()
+    with pytest.raises(ConnectionError):
+        train_sft(tmp_path, get_preset('test'), cfg=cfg, max_steps=6, limit=48, callbacks=[Disconnect(4)])
+    assert (tmp_path/'checkpoints'/'checkpoint-4').exists()  # checkpoints every eval_steps=2
+    steps = Steps()
+    m = train_sft(tmp_path, get_preset('test'), cfg=cfg, max_steps=6, limit=48, callbacks=[steps])
+    assert m['sft/resumed'] and m['sft/steps'] == 6
+    assert steps.seen == [5, 6]  # the second run continued from checkpoint-4 instead of starting over
+
+def test_gpu_preset_stops_naming_the_notebook(tmp_path, test_env):
+    r = cli('rm', '--preset', 'colab-t4', '--out', str(tmp_path), env=test_env)
+    assert r.returncode != 0 and '03_sft.ipynb' in r.stderr, r.stderr[-2000:]
