@@ -335,6 +335,8 @@ def _prepare(model, gradient_checkpointing:bool):
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
                                                 gradient_checkpointing_kwargs={'use_reentrant': False})
+        for m in model.modules():  # bitsandbytes repacks 4-bit weights for CPU inference on the first eval-mode call and
+            if hasattr(m, 'support_avx512bf16_for_cpu'): m.support_avx512bf16_for_cpu = False  # never back: PPO alternates
     elif gradient_checkpointing: model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
     return dropout_off(model)
 

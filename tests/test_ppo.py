@@ -61,3 +61,17 @@ def test_ppo_main_writes_the_stage(tmp_path, monkeypatch, capsys):
     assert ppo_dir(get_preset('tiny'), tmp_path) == tmp_path/'ppo'
     assert (tmp_path/'ppo'/'adapter'/'adapter_model.safetensors').exists() and (tmp_path/'ppo'/'curves.png').exists()
     with pytest.raises(SystemExit): ppo_main(['--preset', 'tiny'])  # --out is required
+
+def test_four_bit_shared_layout_trains(tmp_path):
+    "The QLoRA path of the GPU presets (NF4 base + LoRA adapters), run on CPU through bitsandbytes: one PPO step and the report."
+    from dnf_rlhf.tinybase import tinybase_stage
+    from dnf_rlhf.sft import sft_stage
+    from dnf_rlhf.reward import rm_stage
+    from dnf_rlhf.core import device_policy, probe_hardware
+    run = tmp_path/'run'
+    for stage in (tinybase_stage, sft_stage, rm_stage): stage(PRESET, run)  # fp32 SFT/RM artifacts of the test size
+    nf4 = replace(PRESET, quantization='nf4', gradient_checkpointing=True)
+    m = train_ppo(tmp_path/'ppo', nf4, run_dir=run, cfg=replace(ppo_config(PRESET), steps=2, eval_prompts=4),
+                  policy=device_policy(probe_hardware(), nf4))
+    assert m['ppo/steps'] == 2 and abs(m['ppo_eval/kl']) < 1.0
+    assert load_json(tmp_path/'ppo'/'manifest.json')['preset']['quantization'] == 'nf4'
