@@ -26,6 +26,7 @@ def test_qlora_4bit_steps_on_cpu(tmp_path):
     nf4 = replace(get_preset('test'), quantization='nf4')
     m = train_sft(tmp_path, nf4, cfg=small(), max_steps=3, limit=24)
     assert m['sft/steps'] == 3
+    assert m['sft/eval_loss_start'] > 0 and m['sft/eval_loss_end'] > 0  # evaluation and training alternate on 4-bit CPU
     man = load_json(tmp_path/'manifest.json')
     assert man['base']['quantization'] == 'nf4'
     import bitsandbytes as bnb  # the adapter was trained on a 4-bit base: the base linear layers were Linear4bit
