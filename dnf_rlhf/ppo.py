@@ -821,14 +821,9 @@ def load_ppo(preset:Preset, run_dir=None, project:ProjectConfig|None=None, polic
 
 # %% ../nbs/05_ppo.ipynb #e2897101
 def ppo_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:
-    "Pipeline stage: PPO into `run_dir/ppo/` (resumes from `ppo.partial/` checkpoints after a disconnect)."
+    "Pipeline stage: PPO into `run_dir/ppo/` (tiny: the cached artifact; resumes from `ppo.partial/` checkpoints after a disconnect)."
     project = project or ProjectConfig()
-    if preset.is_tiny and not stage_done(Path(run_dir)/'ppo'):  # reuse the cached tiny artifact when it matches
-        src = ppo_dir(preset, None, project)
-        with stage_output(run_dir, 'ppo') as out:
-            shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.complete'))
-        return load_json(Path(run_dir)/'ppo'/METRICS)
-    with stage_output(run_dir, 'ppo') as out: return train_ppo(out, preset, project, run_dir)
+    return run_stage(run_dir, 'ppo', preset, lambda: ppo_dir(preset, None, project), lambda out: train_ppo(out, preset, project, run_dir))
 
 def ppo_main(argv:list[str]|None=None) -> int:
     "Command line `dnf-rlhf ppo`: PPO on the run folder's SFT and reward model; prints the metrics as one JSON line."
