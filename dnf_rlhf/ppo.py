@@ -398,8 +398,7 @@ def left_pad(seqs:list[list[int]], pad_id:int, max_len:int|None=None) -> tuple[t
 
 def policy_messages(r:PPORecord, project:ProjectConfig, scfg) -> list[dict]:
     "The policy's conversation for a PPO prompt: exactly what SFT trained on (persona line, the question)."
-    from types import SimpleNamespace
-    return sft_messages(SimpleNamespace(prompt=r.prompt, context=None), project, scfg)
+    return sft_messages(r, project, scfg)
 
 def encode_queries(tok, records:list[PPORecord], project:ProjectConfig, scfg, rcfg, max_prompt_len:int) -> dict:
     "Left-padded policy prompts (`query_ids`, `query_mask`) and reward-model prompts (`rm_ids`, `rm_mask`) of `records`."
