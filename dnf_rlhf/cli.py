@@ -23,10 +23,12 @@ PIPELINE: list[tuple[str, str]] = [  # (stage, 'module:function'), in order
     ('rm', 'dnf_rlhf.reward:rm_stage'),  # reward model + diagnostics + normalisation (04)
     ('ppo', 'dnf_rlhf.ppo:ppo_stage'),  # PPO on one shared base + before/after report (05)
     ('rag', 'dnf_rlhf.rag:rag_stage'),  # retrieval index + recall@k / MRR on the demo questions (06)
+    ('eval', 'dnf_rlhf.evaluate:eval_stage'),  # base / SFT / PPO, with and without retrieval: the closing report (08)
 ]
 PASSTHROUGH: dict[str, str] = {  # commands with their own arguments: name -> 'module:main(argv)'
     'index': 'dnf_rlhf.rag:index_main',  # build or refresh the retrieval index (06)
     'serve': 'dnf_rlhf.serve:serve_main',  # the OpenAI-compatible chat server (07)
+    'eval': 'dnf_rlhf.evaluate:eval_main',  # recompute a run's evaluation and compare it with the earlier one (08)
 }
 
 def _load(target):
@@ -53,12 +55,12 @@ def run_pipeline(preset:Preset, out, project:ProjectConfig|None=None, stages:lis
         save_json(out/'report.json', rep)  # after every stage: a disconnect loses nothing finished
     rep['total_seconds'] = round(time.time()-t0, 2)
     save_json(out/'report.json', rep)
-    (out/'report.md').write_text(report_markdown(rep), encoding='utf-8')
+    (out/'report.md').write_text(report_markdown(rep, out), encoding='utf-8')
     return rep
 
 # %% ../nbs/09_cli.ipynb #3ae16477
-def report_markdown(rep:dict) -> str:
-    "The run report as Markdown: environment, then one section per stage."
+def report_markdown(rep:dict, out=None) -> str:
+    "The run report as Markdown: environment, stage times, each stage's metrics, and the evaluation's report (from `out/eval`) last."
     v = rep['versions']
     lines = [f"# dnf_rlhf 실행 보고서 (run report) — preset `{rep['preset']}`", '',
              f"torch {v.get('torch')}, transformers {v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}; "
@@ -66,10 +68,14 @@ def report_markdown(rep:dict) -> str:
              '', '| stage | seconds | reused |', '|---|---:|---|']
     lines += [f"| {s['stage']} | {s['seconds']:.1f} | {'yes' if s['reused'] else 'no'} |" for s in rep['stages']]
     if 'total_seconds' in rep: lines.append(f"| **total** | {rep['total_seconds']:.1f} | |")
+    evaluation = Path(out)/'eval'/'report.json' if out is not None else None
     for s in rep['stages']:
-        if not s['metrics']: continue
+        if not s['metrics'] or (s['stage'] == 'eval' and evaluation is not None and evaluation.exists()): continue  # its own tables close the report
         lines += ['', f"## {s['stage']}", '', '| metric | value |', '|---|---:|']
         lines += [f"| `{k}` | {v:.4g} |" if isinstance(v, float) else f"| `{k}` | {v} |" for k, v in s['metrics'].items()]
+    if evaluation is not None and evaluation.exists():
+        from dnf_rlhf.evaluate import eval_report_markdown
+        lines += ['', eval_report_markdown(load_json(evaluation), img_prefix='eval/')]
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/09_cli.ipynb #09186dbf
@@ -84,6 +90,7 @@ def main(argv:list[str]|None=None) -> int:
     r.add_argument('--project', default=None, help='project config (.toml or .json) for your own domain')
     r.add_argument('--stages', nargs='*', default=None, help='only these stages')
     for stage, target in PIPELINE:  # one command per stage: `dnf-rlhf sft --preset colab-t4 --out runs/t4`
+        if stage in PASSTHROUGH: continue  # e.g. `dnf-rlhf eval` has options of its own
         c = sub.add_parser(stage, help=f'run only the {stage!r} stage into --out (inputs from the same run folder)')
         c.add_argument('--preset', default=None); c.add_argument('--out', required=True); c.add_argument('--project', default=None)
     for name in PASSTHROUGH: sub.add_parser(name, help=f'see `dnf-rlhf {name} --help`', add_help=False)

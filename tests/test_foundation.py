@@ -10,14 +10,30 @@ def test_doctor_prints_report(test_env):
         assert key in r.stdout, (key, r.stdout)
 
 def test_run_writes_report(tmp_path, test_env):
+    "The whole pipeline at the `test` size, judge included (a loopback OpenAI-compatible server); then `dnf-rlhf eval --check`."
+    from dnf_rlhf.loopback import LoopbackServer
+    from dnf_rlhf.evaluate import missing_or_nonfinite, SYSTEMS
     out = tmp_path/'run'
-    r = cli('run', '--preset', 'tiny', '--out', str(out), env=test_env, timeout=1800)  # builds what the cache lacks
-    assert r.returncode == 0, r.stderr[-3000:]
-    rep = json.loads((out/'report.json').read_text())
-    assert rep['preset'] == 'test'  # DNF_RLHF_TEST shrinks tiny
-    assert (out/'report.md').read_text().startswith('# dnf_rlhf')
-    from dnf_rlhf.cli import PIPELINE
-    assert [s['stage'] for s in rep['stages']] == [s for s, _ in PIPELINE]
+    with LoopbackServer() as srv:
+        env = dict(test_env, OPENAI_BASE_URL=srv.base_url, DNF_RLHF_MODEL='loopback-judge')
+        env.pop('OPENAI_API_KEY', None)
+        r = cli('run', '--preset', 'tiny', '--out', str(out), env=env, timeout=1800)  # builds what the cache lacks
+        assert r.returncode == 0, r.stderr[-3000:]
+        rep = json.loads((out/'report.json').read_text())
+        assert rep['preset'] == 'test'  # DNF_RLHF_TEST shrinks tiny
+        from dnf_rlhf.cli import PIPELINE
+        assert [s['stage'] for s in rep['stages']] == [s for s, _ in PIPELINE]
+        metrics = {k: v for s in rep['stages'] for k, v in s['metrics'].items()}
+        assert missing_or_nonfinite(metrics) == []  # every model x metric present and finite
+        assert all(metrics[f'eval/{s}/judge_n'] > 0 for s in SYSTEMS)  # the judge ran through the real client
+        md = (out/'report.md').read_text()
+        assert md.startswith('# dnf_rlhf') and '## 평가' in md and '전반적인 품질' in md and '타우킹 샤우타는 누구인가요?' in md
+        assert (out/'eval'/'eval_bars.png').stat().st_size > 0 and (out/'eval'/'ppo_curves.png').stat().st_size > 0
+        requests = len(srv.log)
+        c = cli('eval', '--out', str(out), '--check', env=env, timeout=900)  # every number recomputed from the run's artifacts
+        assert c.returncode == 0, c.stdout[-2000:] + c.stderr[-2000:]
+        assert json.loads(c.stdout.strip().splitlines()[-1])['differences'] == []
+        assert len(srv.log) == requests  # the judge's answers came from the run's cache, not new calls
 
 def test_unknown_preset_is_a_clear_error(tmp_path, test_env):
     r = cli('run', '--preset', 'colab-h100', '--out', str(tmp_path), env=test_env)
