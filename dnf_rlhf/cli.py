@@ -75,7 +75,7 @@ def report_markdown(rep:dict, out=None) -> str:
         lines += [f"| `{k}` | {v:.4g} |" if isinstance(v, float) else f"| `{k}` | {v} |" for k, v in s['metrics'].items()]
     if evaluation is not None and evaluation.exists():
         from dnf_rlhf.evaluate import eval_report_markdown
-        lines += ['', eval_report_markdown(load_json(evaluation), img_prefix='eval/')]
+        lines += ['', eval_report_markdown(load_json(evaluation), img_prefix='eval/', runtimes=False)]  # the stage table above has the times
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/09_cli.ipynb #09186dbf
