@@ -70,12 +70,13 @@ def load_pairs(project:ProjectConfig|None=None, split:str='train') -> list[PairR
     return out
 
 def tokenize_pairs(pairs:list[PairRecord], tokenizer, project:ProjectConfig, cfg:RMStageConfig):
-    "A `datasets.Dataset` of chosen_ids / rejected_ids (TRL's pre-tokenized reward format)."
+    "A `datasets.Dataset` of chosen_ids / rejected_ids (TRL's pre-tokenized reward format) and the longer one's `length`."
     from datasets import Dataset
     rows = []
     for p in pairs:
         m = rm_messages(p.prompt, project, cfg)
-        rows.append(dict(chosen_ids=rm_input_ids(tokenizer, m, p.chosen), rejected_ids=rm_input_ids(tokenizer, m, p.rejected)))
+        c, r = rm_input_ids(tokenizer, m, p.chosen), rm_input_ids(tokenizer, m, p.rejected)
+        rows.append(dict(chosen_ids=c, rejected_ids=r, length=max(len(c), len(r))))  # `length`: what length-grouped batches sort by
     return Dataset.from_list(rows)
 
 # %% ../nbs/04_reward_model.ipynb #21f82941
@@ -124,6 +125,7 @@ def train_rm(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None, 
                         warmup_steps=cfg.warmup_ratio, logging_steps=10, save_strategy='epoch', save_total_limit=1,
                         report_to='none', seed=cfg.seed, max_length=shape.max_len,
                         center_rewards_coefficient=cfg.center_rewards_coefficient, dataloader_num_workers=0,
+                        train_sampling_strategy='group_by_length', remove_unused_columns=False,  # similar-length pairs per batch (a random batch pads to 1.8x the mean); keep `length` for the sampler
                         gradient_checkpointing=preset.gradient_checkpointing,
                         pad_to_multiple_of=shape.max_len if policy.fixed_shapes else None, **trainer_precision(policy))
     trainer = RewardTrainer(model=model, args=args, train_dataset=tokenize_pairs(train_pairs, tok, project, cfg),

@@ -140,6 +140,7 @@ def train_sft(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None,
         save_steps=cfg.eval_steps, save_total_limit=2, load_best_model_at_end=True, metric_for_best_model='eval_loss',
         greater_is_better=False, report_to='none', seed=cfg.seed, data_seed=cfg.seed, max_length=shape.max_len,
         completion_only_loss=True, gradient_checkpointing=preset.gradient_checkpointing, dataloader_num_workers=0,
+        train_sampling_strategy='group_by_length',  # batches of similar length: examples average ~90 tokens, a random batch of 16 pads to ~250
         pad_to_multiple_of=shape.max_len if policy.fixed_shapes else None, **trainer_precision(policy))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
                          callbacks=[EarlyStoppingCallback(cfg.patience), *callbacks])
