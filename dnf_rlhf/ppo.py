@@ -152,7 +152,7 @@ class PPOStageConfig:
     seed: int = 0  # prompt order, sampling, minibatch shuffling
 
 PPO_CONFIGS = {  # per model size; hub presets use the defaults
-    'tiny': PPOStageConfig(lr=5e-5, steps=120, ppo_epochs=4, micro_batch_size=8, init_kl_coef=0.2, kl_target=4.0,
+    'tiny': PPOStageConfig(lr=5e-5, steps=100, ppo_epochs=4, micro_batch_size=8, init_kl_coef=0.2, kl_target=4.0,
                            kl_horizon=1000, checkpoint_every=20, sample_every=20),
     'test': PPOStageConfig(lr=3e-4, steps=24, ppo_epochs=2, micro_batch_size=4, init_kl_coef=0.1, kl_target=4.0,
                            kl_horizon=1000, checkpoint_every=8, sample_every=8, eval_prompts=64, cpu_threads=1),

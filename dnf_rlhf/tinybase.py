@@ -34,13 +34,13 @@ class TinyBaseConfig:
     context: int = 1024  # max_position_embeddings and tokenizer.model_max_length
     seq_len: int = 256  # training block length (documents are packed into blocks)
     batch_size: int = 16  # blocks per step
-    steps: int = 180  # optimizer steps (~11 passes over the corpus; held-out loss stops improving near 160)
+    steps: int = 240  # optimizer steps; held-out loss is flat after ~160, but SFT on a 180-step base answered 235 of 325 prompts with one sentence
     lr: float = 1e-3  # peak learning rate (small models tolerate high rates; nanoGPT's shakespeare-char uses 1e-3)
     warmup: int = 20  # linear warm-up steps, then cosine decay to lr/10
     weight_decay: float = 0.1  # AdamW decoupled weight decay (nanoGPT)
     betas: tuple = (0.9, 0.95)  # AdamW betas (GPT-3 / nanoGPT)
     grad_clip: float = 1.0  # max global gradient norm
-    eval_every: int = 45  # steps between held-out evaluations
+    eval_every: int = 40  # steps between held-out evaluations
     heldout_docs: int = 6  # lore documents kept out of training to measure held-out loss
     seed: int = 0  # everything is deterministic given this seed
 
