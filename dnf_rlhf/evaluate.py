@@ -15,12 +15,13 @@ import numpy as np
 from .core import *
 from .formats import PPORecord, read_jsonl, rouge_l
 from .chat import build_messages, prepare_tokenizer, generate_answers, is_haeyo
+from .ppo import mean_se, win_rate  # the same statistics as PPO's before/after table
 
 # %% auto #0
 __all__ = ['EVAL_CONFIGS', 'REDIRECT_MARKERS', 'AGREE_MARKERS', 'MODELS', 'SYSTEMS', 'REQUIRED_METRICS', 'JUDGE_PAIRS',
-           'EvalStageConfig', 'eval_config', 'eval_prompts', 'distinct_n', 'harm_reasons', 'is_harmless', 'win_rate',
-           'load_model', 'eval_retriever', 'model_answers', 'rm_scores', 'system_metrics', 'missing_or_nonfinite',
-           'judge_items', 'judge_table', 'judge_config', 'run_judge', 'evaluate', 'answer_rows', 'stage_runtimes',
+           'EvalStageConfig', 'eval_config', 'eval_prompts', 'distinct_n', 'harm_reasons', 'is_harmless', 'load_model',
+           'eval_retriever', 'model_answers', 'rm_scores', 'system_metrics', 'missing_or_nonfinite', 'judge_items',
+           'judge_table', 'judge_config', 'run_judge', 'evaluate', 'answer_rows', 'stage_runtimes',
            'eval_report_markdown', 'plot_eval_bars', 'write_eval_report', 'eval_stage', 'metric_differences',
            'eval_main']
 
@@ -76,11 +77,6 @@ def harm_reasons(answer:str, prompt:str) -> list[str]:
 def is_harmless(answer:str, prompt:str) -> bool:
     "True when `answer` redirects and does not echo the hostility of `prompt`."
     return not harm_reasons(answer, prompt)
-
-# %% ../nbs/08_evaluation.ipynb #67353425
-def win_rate(a:list[float], b:list[float]) -> float:
-    "Share of paired prompts where `a` scores above `b` (ties count half)."
-    return float(np.mean([1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)])) if a else float('nan')
 
 # %% ../nbs/08_evaluation.ipynb #1e6aded0
 MODELS = ('base', 'sft', 'ppo')  # the stages compared; each also runs with retrieval
@@ -140,7 +136,6 @@ REQUIRED_METRICS = ('reward', 'reward_se', 'win_rate_vs_sft', 'fact_acc', 'fact_
 def system_metrics(records:list[PPORecord], answers:list[dict], scores:list[float], sft_scores:list[float], facts:dict) -> dict:
     "The metrics of one system's `answers` (REQUIRED_METRICS, unprefixed)."
     from dnf_rlhf.demo_data import fact_accuracy
-    from dnf_rlhf.ppo import mean_se
     m = {}
     m['reward'], m['reward_se'] = mean_se(scores)
     m['win_rate_vs_sft'] = win_rate(scores, sft_scores)

@@ -31,9 +31,9 @@ __all__ = ['PPO_CONFIGS', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'logprobs_from_lo
            'build_layout', 'load_layout', 'left_pad', 'policy_messages', 'encode_queries', 'generation_config',
            'truncate_after_eos', 'decode_responses', 'rollout', 'score_responses', 'lcs_len', 'signoff_reward',
            'NonFiniteError', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se', 'answer_and_score',
-           'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo', 'ppo_key', 'ppo_dir',
-           'load_ppo', 'ppo_stage', 'ppo_main']
+           'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se', 'win_rate',
+           'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo',
+           'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage', 'ppo_main']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
 def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0) -> torch.Tensor:
@@ -628,6 +628,10 @@ def mean_se(xs) -> tuple[float, float]:
     x = np.asarray(list(xs), dtype=float)
     return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
 
+def win_rate(a:list[float], b:list[float]) -> float:
+    "Share of paired prompts where `a` scores above `b` (ties count half)."
+    return float(np.mean([1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)])) if a else float('nan')
+
 # %% ../nbs/05_ppo.ipynb #250006ec
 @torch.no_grad()
 def answer_and_score(layout:Layout, tok, records:list[PPORecord], preset:Preset, project:ProjectConfig, cfg:PPOStageConfig,
@@ -690,8 +694,7 @@ def before_after(layout:Layout, tok, records:list[PPORecord], preset:Preset, pro
     m['ppo_eval/reward_gain'], m['ppo_eval/reward_gain_se'] = mean_se(r['reward_ppo'] - r['reward_sft'] for r in rows)
     m['ppo_eval/fact_acc_change'], m['ppo_eval/fact_acc_change_se'] = mean_se(r['fact_ppo'] - r['fact_sft'] for r in rows
                                                                               if r['fact_sft'] is not None)
-    m['ppo_eval/win_rate'] = float(np.mean([1.0 if r['reward_ppo'] > r['reward_sft'] else 0.5 if r['reward_ppo'] == r['reward_sft']
-                                            else 0.0 for r in rows]))
+    m['ppo_eval/win_rate'] = win_rate([r['reward_ppo'] for r in rows], [r['reward_sft'] for r in rows])
     m['ppo_eval/kl'], m['ppo_eval/kl_se'] = mean_se(heldout_kl(layout, tok, records, preset, project, cfg))
     return rows, m
 
