@@ -38,11 +38,13 @@ class SFTStageConfig:
     with_persona: bool = True  # put the persona (system line) in every prompt
     max_new_tokens: int = 128  # generation length for the held-out check
     merge: bool = False  # also write a merged full-precision model for export and serving
+    group_by_length: bool = True  # batches of similar length: `tiny` examples average ~90 tokens, a random batch of 16 pads to ~250
     seed: int = 0  # data order, LoRA init, sampling
 
 SFT_CONFIGS = {  # per model size; hub presets use the default
     'tiny': SFTStageConfig(lr=2e-3, epochs=6, eval_steps=40, lora_r=32, lora_alpha=64),
-    'test': SFTStageConfig(lr=3e-3, epochs=3, eval_steps=25, lora_r=32, lora_alpha=64, max_new_tokens=48),
+    'test': SFTStageConfig(lr=3e-3, epochs=3, eval_steps=25, lora_r=32, lora_alpha=64, max_new_tokens=48,
+                           group_by_length=False),  # in 150 steps grouped batches cut the eval-loss drop from 18 % to 14 %
 }
 
 def sft_config(preset:Preset) -> SFTStageConfig:
@@ -140,7 +142,7 @@ def train_sft(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None,
         save_steps=cfg.eval_steps, save_total_limit=2, load_best_model_at_end=True, metric_for_best_model='eval_loss',
         greater_is_better=False, report_to='none', seed=cfg.seed, data_seed=cfg.seed, max_length=shape.max_len,
         completion_only_loss=True, gradient_checkpointing=preset.gradient_checkpointing, dataloader_num_workers=0,
-        train_sampling_strategy='group_by_length',  # batches of similar length: examples average ~90 tokens, a random batch of 16 pads to ~250
+        train_sampling_strategy='group_by_length' if cfg.group_by_length else 'random',
         pad_to_multiple_of=shape.max_len if policy.fixed_shapes else None, **trainer_precision(policy))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
                          callbacks=[EarlyStoppingCallback(cfg.patience), *callbacks])
