@@ -65,9 +65,7 @@ def report_markdown(rep:dict, out=None) -> str:
     lines = [f"# dnf_rlhf 실행 보고서 (run report) — preset `{rep['preset']}`", '',
              f"torch {v.get('torch')}, transformers {v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}; "
              f"{rep['hardware']['cpus']} CPU cores" + (f", {rep['hardware']['gpu_name']}" if rep['hardware'].get('gpu_name') else ''),
-             '', '| stage | seconds | reused |', '|---|---:|---|']
-    lines += [f"| {s['stage']} | {s['seconds']:.1f} | {'yes' if s['reused'] else 'no'} |" for s in rep['stages']]
-    if 'total_seconds' in rep: lines.append(f"| **total** | {rep['total_seconds']:.1f} | |")
+             '', *stage_table(rep['stages'], rep.get('total_seconds'))]
     evaluation = Path(out)/'eval'/'report.json' if out is not None else None
     for s in rep['stages']:
         if not s['metrics'] or (s['stage'] == 'eval' and evaluation is not None and evaluation.exists()): continue  # its own tables close the report

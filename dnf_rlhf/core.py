@@ -18,7 +18,7 @@ __all__ = ['BASE_MODELS', 'PRESETS', 'PACKAGES', 'DNF_PERSONA', 'MANIFEST', 'MET
            'get_preset', 'Hardware', 'Policy', 'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config',
            'probe_hardware', 'package_versions', 'four_bit_usable', 'doctor', 'ProjectConfig', 'save_json', 'load_json',
            'file_hash', 'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done', 'stage_output',
-           'MissingArtifactError', 'cached_build', 'require_stage', 'run_stage', 'set_seed']
+           'MissingArtifactError', 'cached_build', 'require_stage', 'run_stage', 'stage_table', 'set_seed']
 
 # %% ../nbs/00_core.ipynb #ed0ff524
 def in_test() -> bool:
@@ -400,6 +400,12 @@ def run_stage(run_dir, stage:str, preset:Preset, cached:Callable[[], Path], trai
             shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.complete'))
         return load_json(Path(run_dir)/stage/METRICS)
     with stage_output(run_dir, stage) as out: return train(out)
+
+def stage_table(stages:list[dict], total:float|None=None) -> list[str]:
+    "Markdown lines of the stage-time table (`stage`, `seconds`, `reused` of each stage; a total row when given)."
+    lines = ['| stage | seconds | reused |', '|---|---:|---|']
+    lines += [f"| {s['stage']} | {s['seconds']:.1f} | {'yes' if s['reused'] else 'no'} |" for s in stages]
+    return lines + ([f"| **total** | {total:.1f} | |"] if total is not None else [])
 
 # %% ../nbs/00_core.ipynb #980c8219
 def set_seed(seed:int):

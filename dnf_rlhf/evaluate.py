@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from .core import *
 from .formats import PPORecord, read_jsonl, rouge_l
-from .chat import build_messages, prepare_tokenizer, generate_answers, is_haeyo
+from .chat import prepare_tokenizer, generate_answers, is_haeyo
 from .ppo import mean_se, win_rate  # the same statistics as PPO's before/after table
 
 # %% auto #0
@@ -110,10 +110,10 @@ def eval_retriever(preset:Preset, run_dir=None, project:ProjectConfig|None=None)
 def model_answers(model, tok, records:list[PPORecord], hits:list, preset:Preset, project:ProjectConfig,
                   cfg:EvalStageConfig) -> dict[str, list[dict]]:
     "{'closed': answers, 'rag': answers} of one model to `records` (greedy); each {'text', 'ended', 'n_tokens'[, 'sources']}."
-    from dnf_rlhf.sft import sft_config
+    from dnf_rlhf.sft import sft_config, sft_messages
     from dnf_rlhf.rag import rag_messages, context_budget
     persona = project.persona if sft_config(preset).with_persona else None
-    closed = [build_messages(r.prompt, persona=persona) for r in records]
+    closed = [sft_messages(r, project, sft_config(preset)) for r in records]  # exactly what SFT trained on
     rag = [rag_messages(r.prompt, h, tok, context_budget(tok, r.prompt, preset, cfg.max_new_tokens, persona), persona)
            for r, h in zip(records, hits)]
     gen = lambda msgs: generate_answers(model, tok, msgs, cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
@@ -300,8 +300,7 @@ def eval_report_markdown(rep:dict, img_prefix:str='', runtimes:bool=True) -> str
         L += ['', '### 검색 (retrieval recall)', '', '| mode | question form | recall@1 | recall@5 | MRR | n |', '|---|---|---:|---:|---:|---:|']
         L += [f"| {r['mode']} | {r['form']} | {r['recall@1']:.3f} | {r['recall@5']:.3f} | {r['mrr']:.3f} | {r['n']} |" for r in rep['retrieval']]
     if runtimes and rep['runtimes']:
-        L += ['', '### 단계별 실행 시간 (runtime on this machine)', '', f"{rep['hardware']}", '', '| stage | seconds | reused |', '|---|---:|---|']
-        L += [f"| {r['stage']} | {r['seconds']:.1f} | {'yes' if r['reused'] else 'no'} |" for r in rep['runtimes']]
+        L += ['', '### 단계별 실행 시간 (runtime on this machine)', '', f"{rep['hardware']}", '', *stage_table(rep['runtimes'])]
     return '\n'.join(L) + '\n'
 
 # %% ../nbs/08_evaluation.ipynb #a33cfc86
