@@ -153,7 +153,8 @@ def main():
         # logits of the SFT policy (before any update) for the cross-stack check
         check_ids = enc[0]['query_ids'][:2, -24:]
         check_ids = torch.where(check_ids == tok.pad_token_id, tok.eos_token_id, check_ids)
-        with torch.no_grad(): ours_logits, _ = layout.policy_forward(check_ids, torch.ones_like(check_ids), check_ids.shape[1] - 1)
+        layout.policy_mode()
+        with torch.no_grad(): ours_logits = layout.lm(input_ids=check_ids, attention_mask=torch.ones_like(check_ids)).logits[:, :-1]
         # 2. our PPO step, timed as TRL's is: same prompts, one warm-up step
         # (learning rate 0 in both stacks: both policies stay the SFT model and sample equally long responses; every
         # forward, backward and optimizer step is still done)

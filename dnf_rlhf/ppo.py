@@ -24,25 +24,25 @@ from .sft import sft_dir, sft_config, sft_messages
 from .reward import rm_dir, rm_config, rm_messages, rm_key, load_rm_base
 
 # %% auto #0
-__all__ = ['PPO_CONFIGS', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'logprobs_from_logits', 'entropy_from_logits', 'masked_mean',
-           'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController', 'ppo_losses',
-           'PPOStageConfig', 'ppo_config', 'cpu_threads', 'check_ppo_supported', 'position_ids_from_mask',
-           'last_token_index', 'dropout_off', 'backbone_hidden', 'Layout', 'SharedLayout', 'SeparateLayout',
-           'build_layout', 'load_layout', 'left_pad', 'policy_messages', 'encode_queries', 'generation_config',
-           'truncate_after_eos', 'decode_responses', 'rollout', 'score_responses', 'lcs_len', 'signoff_reward',
-           'NonFiniteError', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se', 'win_rate',
-           'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo',
-           'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage', 'ppo_main']
+__all__ = ['PPO_CONFIGS', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'logprobs_from_logits', 'entropy_from_logits',
+           'masked_mean', 'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController',
+           'ppo_losses', 'PPOStageConfig', 'ppo_config', 'cpu_threads', 'check_ppo_supported', 'position_ids_from_mask',
+           'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden', 'Layout', 'SharedLayout',
+           'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'policy_messages', 'encode_queries',
+           'generation_config', 'truncate_after_eos', 'decode_responses', 'rollout', 'score_responses', 'lcs_len',
+           'signoff_reward', 'NonFiniteError', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state',
+           'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se',
+           'win_rate', 'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves',
+           'train_ppo', 'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage', 'ppo_main']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
 def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0) -> torch.Tensor:
-    "log pi(label) under softmax(logits / temperature), computed in fp32. logits (B, T, V), labels (B, T) -> (B, T)."
+    "log pi(label) under softmax(logits / temperature), computed in fp32. logits (..., V), labels (...) -> (...)."
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    return torch.gather(logp, 2, labels.unsqueeze(-1)).squeeze(-1)
+    return torch.gather(logp, -1, labels.unsqueeze(-1)).squeeze(-1)
 
 def entropy_from_logits(logits:torch.Tensor, temperature:float=1.0) -> torch.Tensor:
-    "Entropy of softmax(logits / temperature): (B, T, V) -> (B, T)."
+    "Entropy of softmax(logits / temperature): (..., V) -> (...)."
     logp = F.log_softmax(logits.float() / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
@@ -195,17 +195,41 @@ def dropout_off(model:nn.Module) -> nn.Module:
         if isinstance(getattr(m, 'attention_dropout', None), float): m.attention_dropout = 0.0
     return model
 
-def backbone_hidden(lm, input_ids:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
-    "Last hidden states (B, T, H) of a transformers model's backbone, positions from the mask."
-    return lm.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                         use_cache=False).last_hidden_state
+MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix does not repay its extra one-row forward (measured on tiny)
+
+def shared_prefix_len(input_ids:torch.Tensor, mask:torch.Tensor) -> int:
+    "How many leading real tokens every row of a left-padded (B, T) batch has in common."
+    start, n = mask.long().argmax(1), mask.long().sum(1)  # (B,): first real column, real tokens
+    cols = start[:, None] + torch.arange(int(n.min()), device=mask.device)  # (B, L): each row's first L real columns
+    toks = input_ids.gather(1, cols)
+    return int((toks == toks[:1]).all(0).long().cumprod(0).sum())
+
+def backbone_hidden(lm, input_ids:torch.Tensor, mask:torch.Tensor, last:int|None=None) -> torch.Tensor:
+    "Last hidden states of a transformers model's backbone, positions from the mask: (B, T, H), or (B, last, H) of the last `last` columns."
+    B, T = input_ids.shape
+    start = mask.long().argmax(1)  # (B,) first real column of each (left-padded) row
+    k = 0 if last is None or B == 1 else min(shared_prefix_len(input_ids, mask), T - last - int(start.max()))
+    if getattr(lm, 'is_gradient_checkpointing', False) and lm.training: k = 0  # checkpointed layers drop a passed cache
+    if k < MIN_SHARED_PREFIX:
+        h = lm.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
+                          use_cache=False).last_hidden_state  # (B, T, H)
+        return h if last is None else h[:, -last:]
+    # the prefix every row shares (the persona line): computed once, its keys/values repeated for every row
+    r, c = int(start.argmin()), int(start.min()) + k  # the earliest-starting row; columns before c are prefix or padding
+    prefix = input_ids[r:r + 1, c - k:c]  # (1, k)
+    cache = lm.base_model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(B)
+    rest_mask = mask[:, c:] * (torch.arange(c, T, device=mask.device)[None] >= (start + k)[:, None])  # (B, T - c): own prefix copies masked
+    h = lm.base_model(input_ids=input_ids[:, c:], attention_mask=torch.cat([torch.ones_like(mask[:, :k]), rest_mask], 1),
+                      position_ids=k + position_ids_from_mask(rest_mask), past_key_values=cache, use_cache=True).last_hidden_state
+    return h[:, -last:]
 
 # %% ../nbs/05_ppo.ipynb #147cb65f
 class Layout(nn.Module):
-    "What PPO needs from its models, whatever the memory layout: generation, policy logits and values, reference logits, rewards."
+    "What PPO needs from its models, whatever the memory layout: generation, policy logprobs and values, reference logprobs, rewards."
     def generate(self, input_ids, attention_mask, generation_config, reference:bool=False) -> torch.Tensor: raise NotImplementedError
-    def policy_forward(self, input_ids, mask, n_resp:int) -> tuple[torch.Tensor, torch.Tensor]: raise NotImplementedError
-    def ref_logits(self, input_ids, mask, n_resp:int) -> torch.Tensor: raise NotImplementedError
+    def policy_forward(self, input_ids, mask, n_resp:int, temperature:float, entropy:bool=False) -> dict: raise NotImplementedError
+    def ref_logprobs(self, input_ids, mask, n_resp:int, temperature:float) -> torch.Tensor: raise NotImplementedError
     def reward(self, input_ids, mask) -> torch.Tensor: raise NotImplementedError
     def save_policy(self, path): raise NotImplementedError
 
@@ -223,11 +247,15 @@ class Layout(nn.Module):
         with torch.no_grad():
             for n, p in params.items(): p.copy_(state[n])
 
-def _lm_logits(lm, input_ids, mask, n_resp:int, value_head:nn.Module|None=None):
-    "Logits at the positions that predict the last `n_resp` tokens, (B, R, V); plus values (B, R) when a value head is given."
-    h = backbone_hidden(lm, input_ids, mask)[:, -n_resp - 1:-1]  # (B, R, H)
-    logits = lm.get_output_embeddings()(h)  # (B, R, V)
-    return logits if value_head is None else (logits, value_head(h.float()).squeeze(-1))
+def _response_logprobs(lm, input_ids, mask, n_resp:int, temperature:float, entropy:bool=False) -> tuple[torch.Tensor, dict]:
+    "(h, out): hidden states (B, R, H) that predict the last `n_resp` tokens, and their `logprobs` (+ `entropy`), (B, R), 0 at padding."
+    h = backbone_hidden(lm, input_ids, mask, last=n_resp + 1)[:, :-1]  # (B, R, H): the output at t-1 predicts token t
+    tokens, real = input_ids[:, -n_resp:], mask[:, -n_resp:].bool()  # (B, R)
+    logits = lm.get_output_embeddings()(h[real])  # (N, V): the N real response tokens only, padding never reaches the head
+    unpack = lambda x: torch.zeros(real.shape, dtype=x.dtype, device=x.device).masked_scatter(real, x)  # (N,) -> (B, R)
+    out = dict(logprobs=unpack(logprobs_from_logits(logits, tokens[real], temperature)))
+    if entropy: out['entropy'] = unpack(entropy_from_logits(logits, temperature))
+    return h, out
 
 def _score_at_last(lm, head:nn.Module, input_ids, mask) -> torch.Tensor:
     "A scalar head read at each row's last real token, (B,)."
@@ -253,14 +281,15 @@ class SharedLayout(Layout):
         self._use('ref' if reference else 'policy')
         return self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config)
 
-    def policy_forward(self, input_ids, mask, n_resp):
+    def policy_forward(self, input_ids, mask, n_resp, temperature, entropy=False):
         self._use('policy')
-        return _lm_logits(self.lm, input_ids, mask, n_resp, self.value_head)
+        h, out = _response_logprobs(self.lm, input_ids, mask, n_resp, temperature, entropy)
+        return dict(out, values=self.value_head(h.float()).squeeze(-1))  # values (B, R)
 
     @torch.no_grad()
-    def ref_logits(self, input_ids, mask, n_resp):
+    def ref_logprobs(self, input_ids, mask, n_resp, temperature):
         self._use('ref')
-        return _lm_logits(self.lm, input_ids, mask, n_resp)
+        return _response_logprobs(self.lm, input_ids, mask, n_resp, temperature)[1]['logprobs']
 
     @torch.no_grad()
     def reward(self, input_ids, mask):
@@ -290,14 +319,14 @@ class SeparateLayout(Layout):
         return (self.ref if reference else self.policy).generate(input_ids=input_ids, attention_mask=attention_mask,
                                                                 generation_config=generation_config)
 
-    def policy_forward(self, input_ids, mask, n_resp):
-        logits = _lm_logits(self.policy.get_base_model(), input_ids, mask, n_resp)
-        h = backbone_hidden(self.value_model, input_ids, mask)[:, -n_resp - 1:-1]  # (B, R, H)
-        values = self.value_model.score(h).float().squeeze(-1)  # (B, R)
-        return logits, values
+    def policy_forward(self, input_ids, mask, n_resp, temperature, entropy=False):
+        _, out = _response_logprobs(self.policy.get_base_model(), input_ids, mask, n_resp, temperature, entropy)
+        h = backbone_hidden(self.value_model, input_ids, mask, last=n_resp + 1)[:, :-1]  # (B, R, H)
+        return dict(out, values=self.value_model.score(h).float().squeeze(-1))  # values (B, R)
 
     @torch.no_grad()
-    def ref_logits(self, input_ids, mask, n_resp): return _lm_logits(self.ref.get_base_model(), input_ids, mask, n_resp)
+    def ref_logprobs(self, input_ids, mask, n_resp, temperature):
+        return _response_logprobs(self.ref.get_base_model(), input_ids, mask, n_resp, temperature)[1]['logprobs']
 
     @torch.no_grad()
     def reward(self, input_ids, mask):
@@ -441,10 +470,8 @@ def rollout(layout:Layout, tok, batch:dict, max_new_tokens:int, temperature:floa
     ids, mask = torch.cat([q, resp], 1), torch.cat([qm, rmask], 1)  # (B, P + R)
     R, parts = resp.shape[1], []
     for sl in _chunks(len(ids), micro_batch_size):
-        logits, values = layout.policy_forward(ids[sl], mask[sl], R)  # (b, R, V), (b, R)
-        ref = layout.ref_logits(ids[sl], mask[sl], R)
-        parts.append((logprobs_from_logits(logits, resp[sl], temperature), values.float(),
-                      entropy_from_logits(logits, temperature), logprobs_from_logits(ref, resp[sl], temperature)))
+        pol = layout.policy_forward(ids[sl], mask[sl], R, temperature, entropy=True)  # each (b, R)
+        parts.append((pol['logprobs'], pol['values'].float(), pol['entropy'], layout.ref_logprobs(ids[sl], mask[sl], R, temperature)))
     lp, values, ent, ref_lp = (torch.cat(x) for x in zip(*parts))
     m = rmask.to(lp.dtype)
     return dict(ids=ids, mask=mask, responses=resp, resp_mask=rmask, ended=ended, logprobs=lp * m,
@@ -511,9 +538,8 @@ def ppo_step(layout:Layout, tok, batch:dict, cfg:PPOStageConfig, shape:RolloutSh
         for mb in torch.randperm(B).split(shape.minibatch_size):
             opt.zero_grad(set_to_none=True)
             for micro in mb.split(cfg.micro_batch_size):
-                logits, vpred = layout.policy_forward(ro['ids'][micro], ro['mask'][micro], resp.shape[1])  # (b, R, V), (b, R)
-                new_lp = logprobs_from_logits(logits, resp[micro], cfg.temperature)
-                pg, vf, st = ppo_losses(new_lp, ro['logprobs'][micro], adv[micro], vpred.float(), ro['values'][micro],
+                pol = layout.policy_forward(ro['ids'][micro], ro['mask'][micro], resp.shape[1], cfg.temperature)  # each (b, R)
+                pg, vf, st = ppo_losses(pol['logprobs'], ro['logprobs'][micro], adv[micro], pol['values'].float(), ro['values'][micro],
                                         returns[micro], m[micro], cfg.cliprange, cfg.cliprange_value)
                 loss = (pg + cfg.vf_coef * vf) * len(micro) / len(mb)
                 if not torch.isfinite(loss): raise NonFiniteError(f"loss is {loss.item()} (pg {pg.item()}, vf {vf.item()})")
