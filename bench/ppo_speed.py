@@ -115,7 +115,7 @@ def main():
     from dnf_rlhf.sft import sft_dir, sft_config
     from dnf_rlhf.reward import rm_dir, rm_config
     from dnf_rlhf.tinybase import _base_source
-    from dnf_rlhf.ppo import (ppo_config, load_layout, encode_queries, generation_config, ppo_step, AdaptiveKLController,
+    from dnf_rlhf.ppo import (ppo_config, load_layout, encode_queries, ppo_step, AdaptiveKLController,
                               batch_indices, cpu_threads)
     preset, project = PRESETS[a.preset], ProjectConfig()
     cfg, shape = ppo_config(preset), preset.ppo
@@ -130,14 +130,14 @@ def main():
         scfg, rcfg = sft_config(preset), rm_config(preset)
         enc = [encode_queries(tok, b, project, scfg, rcfg, shape.max_prompt_len) for b in batches]
         # 1. batched vs one-at-a-time rollouts (both with the KV cache)
-        gcfg = generation_config(tok, shape.max_new_tokens, cfg.temperature)
+        gen = lambda ids, mask: layout.generate(ids, mask, shape.max_new_tokens, tok.eos_token_id, tok.pad_token_id, cfg.temperature)
         layout.eval()
         def batched():
-            with torch.no_grad(): layout.generate(enc[0]['query_ids'], enc[0]['query_mask'], gcfg)
+            with torch.no_grad(): gen(enc[0]['query_ids'], enc[0]['query_mask'])
         def one_by_one():
             with torch.no_grad():
                 for q, m in zip(enc[0]['query_ids'], enc[0]['query_mask']):
-                    layout.generate(q[m.bool()][None], torch.ones(1, int(m.sum()), dtype=torch.long), gcfg)
+                    gen(q[m.bool()][None], torch.ones(1, int(m.sum()), dtype=torch.long))
         def timed(fn):
             set_seed(0); fn()  # warm-up
             ts = []

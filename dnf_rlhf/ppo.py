@@ -29,8 +29,8 @@ __all__ = ['PPO_CONFIGS', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFI
            'ppo_losses', 'PPOStageConfig', 'ppo_config', 'cpu_threads', 'check_ppo_supported', 'position_ids_from_mask',
            'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden', 'Layout', 'SharedLayout',
            'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'policy_messages', 'encode_queries',
-           'generation_config', 'truncate_after_eos', 'decode_responses', 'rollout', 'score_responses', 'lcs_len',
-           'signoff_reward', 'NonFiniteError', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state',
+           'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses', 'rollout', 'score_responses',
+           'lcs_len', 'signoff_reward', 'NonFiniteError', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state',
            'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se',
            'win_rate', 'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves',
            'train_ppo', 'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage', 'ppo_main']
@@ -154,7 +154,7 @@ class PPOStageConfig:
 PPO_CONFIGS = {  # per model size; hub presets use the defaults
     'tiny': PPOStageConfig(lr=5e-5, steps=100, ppo_epochs=4, micro_batch_size=8, init_kl_coef=0.2, kl_target=4.0,
                            kl_horizon=1000, checkpoint_every=20, sample_every=20),
-    'test': PPOStageConfig(lr=3e-4, steps=24, ppo_epochs=2, micro_batch_size=4, init_kl_coef=0.1, kl_target=4.0,
+    'test': PPOStageConfig(lr=3e-4, steps=48, ppo_epochs=2, micro_batch_size=4, init_kl_coef=0.1, kl_target=4.0,
                            kl_horizon=1000, checkpoint_every=8, sample_every=8, eval_prompts=64, cpu_threads=1),
 }
 
@@ -204,30 +204,33 @@ def shared_prefix_len(input_ids:torch.Tensor, mask:torch.Tensor) -> int:
     toks = input_ids.gather(1, cols)
     return int((toks == toks[:1]).all(0).long().cumprod(0).sum())
 
-def backbone_hidden(lm, input_ids:torch.Tensor, mask:torch.Tensor, last:int|None=None) -> torch.Tensor:
-    "Last hidden states of a transformers model's backbone, positions from the mask: (B, T, H), or (B, last, H) of the last `last` columns."
+def backbone_hidden(lm, input_ids:torch.Tensor, mask:torch.Tensor, last:int|None=None, cache:bool=False):
+    "Last hidden states of a transformers model's backbone, positions from the mask: (B, T, H), or (B, last, H) of the last `last` columns; with `cache`, also the KV cache and its (B, S) attention mask."
     B, T = input_ids.shape
     start = mask.long().argmax(1)  # (B,) first real column of each (left-padded) row
     k = 0 if last is None or B == 1 else min(shared_prefix_len(input_ids, mask), T - last - int(start.max()))
-    if getattr(lm, 'is_gradient_checkpointing', False) and lm.training: k = 0  # checkpointed layers drop a passed cache
+    if lm.training and any(getattr(m, 'gradient_checkpointing', False) is True for m in lm.modules()):
+        k = 0  # checkpointed layers drop a cache passed to them
     if k < MIN_SHARED_PREFIX:
-        h = lm.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                          use_cache=False).last_hidden_state  # (B, T, H)
-        return h if last is None else h[:, -last:]
+        out = lm.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=cache)
+        h = out.last_hidden_state if last is None else out.last_hidden_state[:, -last:]  # (B, T, H) or (B, last, H)
+        return (h, out.past_key_values, mask) if cache else h
     # the prefix every row shares (the persona line): computed once, its keys/values repeated for every row
     r, c = int(start.argmin()), int(start.min()) + k  # the earliest-starting row; columns before c are prefix or padding
     prefix = input_ids[r:r + 1, c - k:c]  # (1, k)
-    cache = lm.base_model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True).past_key_values
-    cache.batch_repeat_interleave(B)
+    kv = lm.base_model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True).past_key_values
+    kv.batch_repeat_interleave(B)
     rest_mask = mask[:, c:] * (torch.arange(c, T, device=mask.device)[None] >= (start + k)[:, None])  # (B, T - c): own prefix copies masked
-    h = lm.base_model(input_ids=input_ids[:, c:], attention_mask=torch.cat([torch.ones_like(mask[:, :k]), rest_mask], 1),
-                      position_ids=k + position_ids_from_mask(rest_mask), past_key_values=cache, use_cache=True).last_hidden_state
-    return h[:, -last:]
+    cache_mask = torch.cat([torch.ones_like(mask[:, :k]), rest_mask], 1)  # (B, k + T - c)
+    h = lm.base_model(input_ids=input_ids[:, c:], attention_mask=cache_mask, position_ids=k + position_ids_from_mask(rest_mask),
+                      past_key_values=kv, use_cache=True).last_hidden_state[:, -last:]  # (B, last, H)
+    return (h, kv, cache_mask) if cache else h
 
 # %% ../nbs/05_ppo.ipynb #147cb65f
 class Layout(nn.Module):
     "What PPO needs from its models, whatever the memory layout: generation, policy logprobs and values, reference logprobs, rewards."
-    def generate(self, input_ids, attention_mask, generation_config, reference:bool=False) -> torch.Tensor: raise NotImplementedError
+    def generate(self, input_ids, attention_mask, max_new_tokens:int, eos_id:int, pad_id:int, temperature:float|None=None,
+                 reference:bool=False) -> torch.Tensor: raise NotImplementedError
     def policy_forward(self, input_ids, mask, n_resp:int, temperature:float, entropy:bool=False) -> dict: raise NotImplementedError
     def ref_logprobs(self, input_ids, mask, n_resp:int, temperature:float) -> torch.Tensor: raise NotImplementedError
     def reward(self, input_ids, mask) -> torch.Tensor: raise NotImplementedError
@@ -277,9 +280,9 @@ class SharedLayout(Layout):
 
     def policy_mode(self): self._use('policy')
 
-    def generate(self, input_ids, attention_mask, generation_config, reference=False):
+    def generate(self, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature=None, reference=False):
         self._use('ref' if reference else 'policy')
-        return self.peft.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config)
+        return sample_responses(self.lm, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature)
 
     def policy_forward(self, input_ids, mask, n_resp, temperature, entropy=False):
         self._use('policy')
@@ -315,9 +318,9 @@ class SeparateLayout(Layout):
         self.policy, self.ref, self.reward_model = policy, ref.requires_grad_(False), reward_model.requires_grad_(False)
         self.value_model = value_model  # a sequence classifier: backbone + `score` head, all trainable
 
-    def generate(self, input_ids, attention_mask, generation_config, reference=False):
-        return (self.ref if reference else self.policy).generate(input_ids=input_ids, attention_mask=attention_mask,
-                                                                generation_config=generation_config)
+    def generate(self, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature=None, reference=False):
+        lm = (self.ref if reference else self.policy).get_base_model()
+        return sample_responses(lm, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature)
 
     def policy_forward(self, input_ids, mask, n_resp, temperature, entropy=False):
         _, out = _response_logprobs(self.policy.get_base_model(), input_ids, mask, n_resp, temperature, entropy)
@@ -437,12 +440,35 @@ def encode_queries(tok, records:list[PPORecord], project:ProjectConfig, scfg, rc
     return dict(query_ids=q_ids, query_mask=q_mask, rm_ids=r_ids, rm_mask=r_mask)
 
 # %% ../nbs/05_ppo.ipynb #cd408f44
-def generation_config(tok, max_new_tokens:int, temperature:float|None=None):
-    "Sampling at `temperature` with top-k and top-p off (greedy when None); pad and EOS from `tok`; KV cache on."
-    from transformers import GenerationConfig
-    kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature else dict(do_sample=False)
-    return GenerationConfig(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                            use_cache=True, **kw)
+def next_token(logits:torch.Tensor, temperature:float|None=None) -> torch.Tensor:
+    "Greedy (temperature None) or one draw from softmax(logits / temperature) per row: (b, V) -> (b,)."
+    if not temperature: return logits.argmax(-1)
+    cdf = F.softmax(logits.float() / temperature, dim=-1).cumsum(-1)  # (b, V)
+    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]  # (b, 1): one uniform per row, scaled to the total mass
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)  # first token whose CDF exceeds u
+
+@torch.no_grad()
+def sample_responses(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id:int, temperature:float|None=None) -> torch.Tensor:
+    "Responses (B, R <= max_new_tokens) to left-padded prompts, with the KV cache; a row leaves the batch after its EOS (padding after it)."
+    head, dev = lm.get_output_embeddings(), input_ids.device
+    h, kv, kv_mask = backbone_hidden(lm, input_ids, mask, last=1, cache=True)  # the prompts (shared prefix once) -> KV cache
+    logits = head(h[:, -1])  # (B, V) logits of each row's first response token
+    out = torch.full((len(input_ids), max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    rows, pos = torch.arange(len(input_ids), device=dev), mask.long().sum(1)  # rows still generating, position of their next token
+    for t in range(max_new_tokens):
+        tok = next_token(logits, temperature)  # (b,)
+        out[rows, t] = tok
+        going = tok != eos_id
+        if t == max_new_tokens - 1 or not going.any(): break
+        if not going.all():  # finished rows leave the batch and the cache: later steps only pay for live rows
+            keep = going.nonzero().squeeze(1)
+            rows, tok, pos, kv_mask = rows[keep], tok[keep], pos[keep], kv_mask[keep]
+            kv.batch_select_indices(keep)
+        kv_mask = torch.cat([kv_mask, kv_mask.new_ones(len(rows), 1)], 1)  # (b, S + 1)
+        h = lm.base_model(input_ids=tok[:, None], attention_mask=kv_mask, position_ids=pos[:, None], past_key_values=kv,
+                          use_cache=True).last_hidden_state  # (b, 1, H)
+        logits, pos = head(h[:, -1]), pos + 1
+    return out[:, :t + 1]
 
 def truncate_after_eos(resp:torch.Tensor, eos_id:int, pad_id:int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     "(responses, mask, ended): tokens after each row's first EOS become padding (mask 0); EOS itself stays. (B, R) in, trailing all-pad columns dropped."
@@ -465,8 +491,8 @@ def _chunks(n:int, size:int): return [slice(i, min(i + size, n)) for i in range(
 def rollout(layout:Layout, tok, batch:dict, max_new_tokens:int, temperature:float, micro_batch_size:int) -> dict:
     "Sample responses to `batch`'s prompts and compute old logprobs, values, entropies and reference logprobs."
     q, qm = batch['query_ids'], batch['query_mask']  # (B, P)
-    gen = layout.generate(q, qm, generation_config(tok, max_new_tokens, temperature))  # (B, P + R')
-    resp, rmask, ended = truncate_after_eos(gen[:, q.shape[1]:], tok.eos_token_id, tok.pad_token_id)  # (B, R)
+    gen = layout.generate(q, qm, max_new_tokens, tok.eos_token_id, tok.pad_token_id, temperature)  # (B, R')
+    resp, rmask, ended = truncate_after_eos(gen, tok.eos_token_id, tok.pad_token_id)  # (B, R)
     ids, mask = torch.cat([q, resp], 1), torch.cat([qm, rmask], 1)  # (B, P + R)
     R, parts = resp.shape[1], []
     for sl in _chunks(len(ids), micro_batch_size):
@@ -668,8 +694,9 @@ def answer_and_score(layout:Layout, tok, records:list[PPORecord], preset:Preset,
     for sl in _chunks(len(records), batch_size):
         recs = records[sl]
         batch = {k: v.to(dev) for k, v in encode_queries(tok, recs, project, scfg, rm_config(preset), preset.ppo.max_prompt_len).items()}
-        gen = layout.generate(batch['query_ids'], batch['query_mask'], generation_config(tok, scfg.max_new_tokens, temperature), reference)
-        resp, rmask, ended = truncate_after_eos(gen[:, batch['query_ids'].shape[1]:], tok.eos_token_id, tok.pad_token_id)
+        gen = layout.generate(batch['query_ids'], batch['query_mask'], scfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id,
+                              temperature, reference)
+        resp, rmask, ended = truncate_after_eos(gen, tok.eos_token_id, tok.pad_token_id)
         ro = dict(responses=resp, resp_mask=rmask, ended=ended)
         scores, raw = score_responses(layout, tok, batch, ro, norm, cfg.missing_eos_penalty, cfg.micro_batch_size, reward_fn)
         for r, text, e, s_, w, n in zip(recs, decode_responses(tok, resp, rmask), ended.tolist(), scores.tolist(), raw.tolist(),
