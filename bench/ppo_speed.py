@@ -1,7 +1,8 @@
 """PPO step time: ours (shared layout) vs the classic TRL PPOTrainer (trl 0.11.4), and batched vs one-at-a-time rollouts.
 
-1. rollout_speedup: sampling responses to one PPO batch of prompts, batched (left-padded, KV cache) vs a loop over the
-   prompts one at a time (KV cache too); median of repeats after a warm-up.
+1. rollout_speedup: sampling responses to the PPO batches of the timed steps, batched (left-padded, KV cache) vs a loop
+   over the prompts one at a time (KV cache too), the same seed per batch in both modes; total seconds after a warm-up.
+   (One batch's time is set by its longest response, so a single batch is a noisy measure.)
 2. step_time_ratio_ours_vs_trl011: one full PPO step (generation, reward-model scoring, old/ref logprobs, values,
    ppo_epochs x minibatches of clipped updates) on the same SFT policy, same prompts, batch, minibatch, epochs, response
    length, LoRA, generation batch and KV cache, same torch threads; median step time after a warm-up step. TRL runs in
@@ -11,7 +12,7 @@
    the config is fixed up and checked; the tokenizer is read from its tokenizer.json). Learning rate 0 in both stacks, so
    that both policies stay the SFT model and sample equally long responses (all the work of a step is still done).
 
-Usage: python bench/ppo_speed.py [--preset tiny] [--run-dir DIR] [--steps 3] [--skip-trl]. Last line: one JSON object.
+Usage: python bench/ppo_speed.py [--preset tiny] [--run-dir DIR] [--steps 10] [--skip-trl]. Last line: one JSON object.
 """
 import argparse, json, statistics, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -102,8 +103,7 @@ def trl_python(venv:Path) -> Path:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--preset', default='tiny'); ap.add_argument('--run-dir', default=None, help='run folder with tinybase/sft/rm stages')
-    ap.add_argument('--steps', type=int, default=3, help='timed PPO steps per stack (after one warm-up step)')
-    ap.add_argument('--repeats', type=int, default=3, help='timed rollouts per mode')
+    ap.add_argument('--steps', type=int, default=10, help='timed PPO steps per stack (after one warm-up step); their batches also time the rollouts')
     ap.add_argument('--skip-trl', action='store_true')
     ap.add_argument('--threads', type=int, default=None, help="torch threads for both stacks (default: the PPO config's cpu_threads)")
     ap.add_argument('--trl-venv', default=None, help='virtual environment for classic TRL (default: <cache>/trl011-venv)')
@@ -132,18 +132,18 @@ def main():
         # 1. batched vs one-at-a-time rollouts (both with the KV cache)
         gen = lambda ids, mask: layout.generate(ids, mask, shape.max_new_tokens, tok.eos_token_id, tok.pad_token_id, cfg.temperature)
         layout.eval()
-        def batched():
-            with torch.no_grad(): gen(enc[0]['query_ids'], enc[0]['query_mask'])
-        def one_by_one():
+        def batched(e):
+            with torch.no_grad(): gen(e['query_ids'], e['query_mask'])
+        def one_by_one(e):
             with torch.no_grad():
-                for q, m in zip(enc[0]['query_ids'], enc[0]['query_mask']):
+                for q, m in zip(e['query_ids'], e['query_mask']):
                     gen(q[m.bool()][None], torch.ones(1, int(m.sum()), dtype=torch.long))
         def timed(fn):
-            set_seed(0); fn()  # warm-up
-            ts = []
-            for r in range(a.repeats):
-                set_seed(r); t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
-            return statistics.median(ts)
+            set_seed(0); fn(enc[0])  # warm-up
+            total = 0.0
+            for i, e in enumerate(enc):
+                set_seed(i); t0 = time.perf_counter(); fn(e); total += time.perf_counter() - t0
+            return total
         tb, tl = timed(batched), timed(one_by_one)
         out.update(rollout_seconds_batched=round(tb, 3), rollout_seconds_one_at_a_time=round(tl, 3), rollout_speedup=round(tl / tb, 2),
                    rollout_target=3.0)

@@ -494,11 +494,15 @@ def rollout(layout:Layout, tok, batch:dict, max_new_tokens:int, temperature:floa
     gen = layout.generate(q, qm, max_new_tokens, tok.eos_token_id, tok.pad_token_id, temperature)  # (B, R')
     resp, rmask, ended = truncate_after_eos(gen, tok.eos_token_id, tok.pad_token_id)  # (B, R)
     ids, mask = torch.cat([q, resp], 1), torch.cat([qm, rmask], 1)  # (B, P + R)
-    R, parts = resp.shape[1], []
+    P, lens = q.shape[1], rmask.sum(1)  # (B,) response lengths
+    lp, values, ent, ref_lp = (torch.zeros(resp.shape, device=resp.device) for _ in range(4))  # (B, R) each
+    order = lens.argsort()  # micro-batches of similar lengths, each cut at its own longest response
     for sl in _chunks(len(ids), micro_batch_size):
-        pol = layout.policy_forward(ids[sl], mask[sl], R, temperature, entropy=True)  # each (b, R)
-        parts.append((pol['logprobs'], pol['values'].float(), pol['entropy'], layout.ref_logprobs(ids[sl], mask[sl], R, temperature)))
-    lp, values, ent, ref_lp = (torch.cat(x) for x in zip(*parts))
+        rows = order[sl]
+        w = int(lens[rows].max())
+        pol = layout.policy_forward(ids[rows, :P + w], mask[rows, :P + w], w, temperature, entropy=True)  # each (b, w)
+        lp[rows, :w], values[rows, :w], ent[rows, :w] = pol['logprobs'], pol['values'].float(), pol['entropy']
+        ref_lp[rows, :w] = layout.ref_logprobs(ids[rows, :P + w], mask[rows, :P + w], w, temperature)
     m = rmask.to(lp.dtype)
     return dict(ids=ids, mask=mask, responses=resp, resp_mask=rmask, ended=ended, logprobs=lp * m,
                 values=values * m, entropy=ent * m, ref_logprobs=ref_lp * m)
@@ -559,14 +563,16 @@ def ppo_step(layout:Layout, tok, batch:dict, cfg:PPOStageConfig, shape:RolloutSh
     # 5. PPO epochs over shuffled minibatches, gradients accumulated over micro-batches
     layout.train()
     params = list(layout.trainable().values())
-    stats, B = [], len(resp)
+    stats, B, P = [], len(resp), batch['query_ids'].shape[1]
     for _ in range(cfg.ppo_epochs):
         for mb in torch.randperm(B).split(shape.minibatch_size):
             opt.zero_grad(set_to_none=True)
+            mb = mb[m[mb].sum(1).argsort()]  # similar lengths share a micro-batch (the sum of gradients does not depend on order)
             for micro in mb.split(cfg.micro_batch_size):
-                pol = layout.policy_forward(ro['ids'][micro], ro['mask'][micro], resp.shape[1], cfg.temperature)  # each (b, R)
-                pg, vf, st = ppo_losses(pol['logprobs'], ro['logprobs'][micro], adv[micro], pol['values'].float(), ro['values'][micro],
-                                        returns[micro], m[micro], cfg.cliprange, cfg.cliprange_value)
+                w = int(m[micro].sum(1).max())  # the micro-batch's longest response: later columns are padding in every row
+                pol = layout.policy_forward(ro['ids'][micro, :P + w], ro['mask'][micro, :P + w], w, cfg.temperature)  # each (b, w)
+                pg, vf, st = ppo_losses(pol['logprobs'], ro['logprobs'][micro, :w], adv[micro, :w], pol['values'].float(),
+                                        ro['values'][micro, :w], returns[micro, :w], m[micro, :w], cfg.cliprange, cfg.cliprange_value)
                 loss = (pg + cfg.vf_coef * vf) * len(micro) / len(mb)
                 if not torch.isfinite(loss): raise NonFiniteError(f"loss is {loss.item()} (pg {pg.item()}, vf {vf.item()})")
                 loss.backward()
