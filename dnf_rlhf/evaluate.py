@@ -110,9 +110,9 @@ def eval_retriever(preset:Preset, run_dir=None, project:ProjectConfig|None=None)
 def model_answers(model, tok, records:list[PPORecord], hits:list, preset:Preset, project:ProjectConfig,
                   cfg:EvalStageConfig) -> dict[str, list[dict]]:
     "{'closed': answers, 'rag': answers} of one model to `records` (greedy); each {'text', 'ended', 'n_tokens'[, 'sources']}."
-    from dnf_rlhf.sft import sft_config, sft_messages
+    from dnf_rlhf.sft import sft_config, sft_messages, sft_persona
     from dnf_rlhf.rag import rag_messages, context_budget
-    persona = project.persona if sft_config(preset).with_persona else None
+    persona = sft_persona(project, sft_config(preset))
     closed = [sft_messages(r, project, sft_config(preset)) for r in records]  # exactly what SFT trained on
     rag = [rag_messages(r.prompt, h, tok, context_budget(tok, r.prompt, preset, cfg.max_new_tokens, persona), persona)
            for r, h in zip(records, hits)]

@@ -513,7 +513,8 @@ def compare_answers(model, tokenizer, retriever:Retriever, records:list[Retrieva
                     project:ProjectConfig|None=None, k:int=2, max_new_tokens:int=64) -> list[dict]:
     "Closed-book and retrieval-augmented answers to each question, with the chunk ids given and value hits."
     from dnf_rlhf.chat import build_messages, generate_answers
-    persona = (project or ProjectConfig()).persona
+    from dnf_rlhf.sft import sft_persona, sft_config
+    persona = sft_persona(project or ProjectConfig(), sft_config(preset))  # the persona line the model was trained with
     hits = retriever.search_batch([r.question for r in records], k=k)
     rag = [rag_messages(r.question, h, tokenizer, context_budget(tokenizer, r.question, preset, max_new_tokens, persona), persona)
            for r, h in zip(records, hits)]

@@ -17,7 +17,7 @@ from .tinybase import load_base
 
 # %% auto #0
 __all__ = ['SFT_CONFIGS', 'LORA_TARGETS', 'SFTStageConfig', 'sft_config', 'lora_targets', 'lora_config', 'load_sft_splits',
-           'sft_messages', 'tokenize_records', 'last_checkpoint', 'trainer_precision', 'peft_wrap',
+           'sft_persona', 'sft_messages', 'tokenize_records', 'last_checkpoint', 'trainer_precision', 'peft_wrap',
            'keep_4bit_trainable_on_cpu', 'train_sft', 'heldout_generation_metrics', 'write_model_card', 'merge_adapter',
            'sft_key', 'sft_dir', 'load_sft', 'sft_stage']
 
@@ -79,9 +79,13 @@ def load_sft_splits(project:ProjectConfig|None=None, val_frac:float=0.1) -> dict
     is_val = lambda r: int(hashlib.sha256(r.prompt.encode()).hexdigest(), 16) % 1000 < val_frac * 1000
     return dict(train=[r for r in train if not is_val(r)], val=[r for r in train if is_val(r)], test=test)
 
+def sft_persona(project:ProjectConfig, cfg:SFTStageConfig) -> str|None:
+    "The persona line SFT trains with (None when the config leaves it out): every prompt the SFT model later sees uses it too."
+    return project.persona if cfg.with_persona else None
+
 def sft_messages(r:SFTRecord|PPORecord, project:ProjectConfig, cfg:SFTStageConfig) -> list[dict]:
     "The conversation of one SFT or PPO record: persona line, retrieved context (if the record has one), the question."
-    return build_messages(r.prompt, context=getattr(r, 'context', None), persona=project.persona if cfg.with_persona else None)
+    return build_messages(r.prompt, context=getattr(r, 'context', None), persona=sft_persona(project, cfg))
 
 def tokenize_records(records:list[SFTRecord], tokenizer, max_len:int, project:ProjectConfig, cfg:SFTStageConfig):
     "A `datasets.Dataset` of input_ids + completion_mask, and how many examples did not fit."
