@@ -75,3 +75,14 @@ def test_four_bit_shared_layout_trains(tmp_path):
                   policy=device_policy(probe_hardware(), nf4))
     assert m['ppo/steps'] == 2 and abs(m['ppo_eval/kl']) < 1.0
     assert load_json(tmp_path/'ppo'/'manifest.json')['preset']['quantization'] == 'nf4'
+
+def test_memory_bench_real_size_path_runs_on_cpu():
+    "bench/ppo_memory.py's polyglot-ko path (4-bit model built on the meta device, random adapters, capped GPU memory) only runs on a GPU; its 2-layer `smoke` size runs the same code here."
+    import subprocess, sys
+    from pathlib import Path
+    bench = Path(__file__).parent.parent/'bench'/'ppo_memory.py'
+    p = subprocess.run([sys.executable, str(bench), '--sizes', 'smoke', '--only-sizes', '--prompt', '32', '--response', '16'],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out['sizes']['smoke']['fits'] and out['sizes']['smoke']['params'] > 1_000_000
