@@ -195,7 +195,7 @@ def dropout_off(model:nn.Module) -> nn.Module:
         if isinstance(getattr(m, 'attention_dropout', None), float): m.attention_dropout = 0.0
     return model
 
-MIN_SHARED_PREFIX = 16  # tokens; a shorter shared prefix does not repay its extra one-row forward (measured on tiny)
+MIN_SHARED_PREFIX = 16  # tokens; shorter shared prefixes (the RM's prompts share 5) are left to the plain forward, which needs no extra call
 
 def shared_prefix_len(input_ids:torch.Tensor, mask:torch.Tensor) -> int:
     "How many leading real tokens every row of a left-padded (B, T) batch has in common."
