@@ -112,8 +112,9 @@ def model_answers(model, tok, records:list[PPORecord], hits:list, preset:Preset,
     "{'closed': answers, 'rag': answers} of one model to `records` (greedy); each {'text', 'ended', 'n_tokens'[, 'sources']}."
     from dnf_rlhf.sft import sft_config, sft_messages, sft_persona
     from dnf_rlhf.rag import rag_messages, context_budget
-    persona = sft_persona(project, sft_config(preset))
-    closed = [sft_messages(r, project, sft_config(preset)) for r in records]  # exactly what SFT trained on
+    scfg = sft_config(preset)
+    persona = sft_persona(project, scfg)
+    closed = [sft_messages(r, project, scfg) for r in records]  # exactly what SFT trained on
     rag = [rag_messages(r.prompt, h, tok, context_budget(tok, r.prompt, preset, cfg.max_new_tokens, persona), persona)
            for r, h in zip(records, hits)]
     gen = lambda msgs: generate_answers(model, tok, msgs, cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
