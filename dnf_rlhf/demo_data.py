@@ -504,8 +504,9 @@ def truncations(text:str) -> list[str]:
 # %% ../nbs/02a_demo_data.ipynb #85593843
 class FactBook:
     "The facts table indexed for building answers and rejected answers."
-    def __init__(self, docs:list[Doc], facts:list[Fact]):
+    def __init__(self, docs:list[Doc], facts:list[Fact], test_docs=frozenset()):
         self.docs = {d.id: d for d in docs}
+        self.test_docs = set(test_docs)  # held-out documents: a fact swap takes its value from the fact's own split
         self.facts = sorted(facts, key=lambda f: (f.doc_id, f.attribute))
         self.by_key = {fact_key(f): f for f in self.facts}
         self.entity = defaultdict(dict)  # doc_id -> attribute -> Fact
@@ -520,10 +521,11 @@ class FactBook:
         return answer(f, form, self.entity[f.doc_id], self.category(f), value=value)
 
     def swap_values(self, f:Fact) -> list[str]:
-        "Values of the same attribute for other entities (same category when possible) that could replace `f.value`."
+        "Values of the same attribute for other entities of the same split (same category when possible) that could replace `f.value`."
         own = set(self.entity[f.doc_id][a].value for a in self.entity[f.doc_id])
-        ok = [g for g in self.by_attribute[f.attribute] if g.doc_id != f.doc_id and value_kind(g.value) == value_kind(f.value)
-              and f.entity not in g.value and not any(g.value in v or v in g.value for v in own)]
+        test = f.doc_id in self.test_docs
+        ok = [g for g in self.by_attribute[f.attribute] if g.doc_id != f.doc_id and (g.doc_id in self.test_docs) == test
+              and value_kind(g.value) == value_kind(f.value) and f.entity not in g.value and not any(g.value in v or v in g.value for v in own)]
         same = [g for g in ok if self.category(g) == self.category(f)]
         return sorted({g.value for g in (same or ok)})
 
@@ -661,8 +663,8 @@ def _fact_pairs(book:FactBook, f:Fact, form:str, p:str, chosen:str, keys:list, n
 def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=None, facts:list[Fact]|None=None) -> tuple[dict, dict]:
     "All demo datasets as {name: (train, test)} records, and their statistics."
     docs = docs if docs is not None else load_corpus()
-    book = FactBook(docs, facts if facts is not None else load_facts(docs=docs))
     test_docs = held_out_docs([d.id for d in docs], cfg.test_frac, include=cfg.test_docs)
+    book = FactBook(docs, facts if facts is not None else load_facts(docs=docs), test_docs)
     hw_train, hw_test = _handwritten_slots(cfg.test_frac, cfg.seed)
     fact_slots, ret_slots = _fact_slots(book, test_docs, cfg), _retrieval_slots(book, test_docs)
     dnf = [s for s in fact_slots if s.key[3] == 'q' and (s.key[1], s.key[2]) in DNF_QUESTIONS]
