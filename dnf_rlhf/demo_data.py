@@ -506,7 +506,7 @@ class FactBook:
     "The facts table indexed for building answers and rejected answers."
     def __init__(self, docs:list[Doc], facts:list[Fact], test_docs=frozenset()):
         self.docs = {d.id: d for d in docs}
-        self.test_docs = set(test_docs)  # held-out documents: a fact swap takes its value from the fact's own split
+        self.test_docs = set(test_docs)  # held-out documents: the one place the builders read the split from
         self.facts = sorted(facts, key=lambda f: (f.doc_id, f.attribute))
         self.by_key = {fact_key(f): f for f in self.facts}
         self.entity = defaultdict(dict)  # doc_id -> attribute -> Fact
@@ -515,6 +515,7 @@ class FactBook:
         for f in self.facts: self.by_attribute[f.attribute].append(f)
 
     def category(self, f:Fact) -> str: return self.docs[f.doc_id].category
+    def same_split(self, a:str, b:str) -> bool: return (a in self.test_docs) == (b in self.test_docs)
 
     def answer(self, f:Fact, form:str, value:str|None=None) -> tuple[str, list[str]]:
         "(answer text, fact keys) of `f` in `form`."
@@ -523,8 +524,7 @@ class FactBook:
     def swap_values(self, f:Fact) -> list[str]:
         "Values of the same attribute for other entities of the same split (same category when possible) that could replace `f.value`."
         own = set(self.entity[f.doc_id][a].value for a in self.entity[f.doc_id])
-        test = f.doc_id in self.test_docs
-        ok = [g for g in self.by_attribute[f.attribute] if g.doc_id != f.doc_id and (g.doc_id in self.test_docs) == test
+        ok = [g for g in self.by_attribute[f.attribute] if g.doc_id != f.doc_id and self.same_split(g.doc_id, f.doc_id)
               and value_kind(g.value) == value_kind(f.value) and f.entity not in g.value and not any(g.value in v or v in g.value for v in own)]
         same = [g for g in ok if self.category(g) == self.category(f)]
         return sorted({g.value for g in (same or ok)})
@@ -581,11 +581,11 @@ def select_prompts(groups:list[list[Slot]], threshold:float=0.7) -> tuple[dict, 
 CONTEXT_ANSWER = '주신 글에 따르면 {A}'  # {A}: the medium answer
 UNRELATED_ANSWER = '주신 글은 {B}에 관한 내용이라 {N}에 대해서는 나와 있지 않아요. 관련된 글을 주시면 다시 찾아볼게요.'  # {B} the passage's title, {N} what was asked
 
-def _fact_slots(book:FactBook, test_docs:set, cfg:DemoDataConfig) -> list[Slot]:
+def _fact_slots(book:FactBook, cfg:DemoDataConfig) -> list[Slot]:
     "The SFT/PPO/pair slots of every fact: q (table question), long, short and some context questions."
     slots = []
     for i, f in enumerate(book.facts):
-        test, cat = f.doc_id in test_docs, book.category(f)
+        test, cat = f.doc_id in book.test_docs, book.category(f)
         # rotate phrasings over the entities sharing an attribute and over the attributes of one entity
         offset = [g.doc_id for g in book.by_attribute[f.attribute]].index(f.doc_id) + sorted(book.entity[f.doc_id]).index(f.attribute)
         med = question_variants(f, 'medium', cat, offset)
@@ -596,7 +596,7 @@ def _fact_slots(book:FactBook, test_docs:set, cfg:DemoDataConfig) -> list[Slot]:
         if i % cfg.context_every == 0: slots.append(Slot(('fact', f.doc_id, f.attribute, 'context'), test, med[3:]))
     return slots
 
-def _retrieval_slots(book:FactBook, test_docs:set) -> list[Slot]:
+def _retrieval_slots(book:FactBook) -> list[Slot]:
     "One retrieval question per fact, cycling through the plain, particle and paraphrase forms."
     slots = []
     for i, f in enumerate(book.facts):
@@ -610,7 +610,7 @@ def _retrieval_slots(book:FactBook, test_docs:set) -> list[Slot]:
         else:
             sent = answer_sentence(doc, f.span(doc)[0])
             opts = [q for q in (fill(t, E=f.entity) for t in PARAPHRASES.get(f.attribute, [])) if not reused_stems(q, sent, f.entity)]
-        slots.append(Slot(('retrieval', f.doc_id, f.attribute, form), f.doc_id in test_docs, opts))
+        slots.append(Slot(('retrieval', f.doc_id, f.attribute, form), f.doc_id in book.test_docs, opts))
     return slots
 
 def _handwritten_slots(frac:float, seed:int) -> tuple[list[Slot], list[Slot]]:
@@ -632,7 +632,7 @@ def _handwritten_answer(key:tuple, prompt:str) -> tuple[str, str]:
     if key[0] == 'unknown': return fill(pick(UNKNOWN_ANSWERS, prompt), X=UNKNOWN_ENTITIES[key[1]][1]), 'unknown_entity'
     return pick(REDIRECTS[key[1]], prompt), 'hostile'
 
-def _context_record(book:FactBook, f:Fact, prompt:str, chunks:list, test_docs:set, unrelated:bool) -> SFTRecord:
+def _context_record(book:FactBook, f:Fact, prompt:str, chunks:list, unrelated:bool) -> SFTRecord:
     "A retrieval-grounded SFT example: the chunk holding the fact, or a chunk about another entity of the same split."
     doc = book.docs[f.doc_id]
     if not unrelated:
@@ -641,7 +641,7 @@ def _context_record(book:FactBook, f:Fact, prompt:str, chunks:list, test_docs:se
         ctx = next(c.text for c in chunks if c.id == cid)
         text, keys = book.answer(f, 'medium')
         return SFTRecord(prompt=prompt, completion=fill(CONTEXT_ANSWER, A=text), context=ctx, doc_id=f.doc_id, kind='context', facts=keys)
-    same_split = sorted(d for d in book.docs if d != f.doc_id and (d in test_docs) == (f.doc_id in test_docs))
+    same_split = sorted(d for d in book.docs if d != f.doc_id and book.same_split(d, f.doc_id))
     others = [c for c in chunks if c.doc_id in same_split and f.entity not in c.text and f.value not in c.text]
     c = pick(others, 'unrelated', f.doc_id, f.attribute)
     what = fill(ATTR_CORES.get(f.attribute, (['{E}의 {A}'], []))[0][0], E=f.entity, A=f.attribute)
@@ -666,7 +666,7 @@ def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=Non
     test_docs = held_out_docs([d.id for d in docs], cfg.test_frac, include=cfg.test_docs)
     book = FactBook(docs, facts if facts is not None else load_facts(docs=docs), test_docs)
     hw_train, hw_test = _handwritten_slots(cfg.test_frac, cfg.seed)
-    fact_slots, ret_slots = _fact_slots(book, test_docs, cfg), _retrieval_slots(book, test_docs)
+    fact_slots, ret_slots = _fact_slots(book, cfg), _retrieval_slots(book)
     dnf = [s for s in fact_slots if s.key[3] == 'q' and (s.key[1], s.key[2]) in DNF_QUESTIONS]
     split = lambda ss, t: [s for s in ss if s.test == t and s not in dnf]
     groups = [dnf, hw_test, split(fact_slots, True), split(ret_slots, True), hw_train, split(fact_slots, False), split(ret_slots, False)]
@@ -690,7 +690,7 @@ def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=Non
         f, p = book.entity[doc_id][attr], chosen[s.key]
         if slot == 'context':
             unrelated = n_context % cfg.unrelated_context_every == cfg.unrelated_context_every - 1
-            add('sft', [_context_record(book, f, p, chunks, test_docs, unrelated)], s.test)
+            add('sft', [_context_record(book, f, p, chunks, unrelated)], s.test)
             n_context += 1
             continue
         form = 'medium' if slot == 'q' else slot
