@@ -5,6 +5,9 @@ friendly & harmless project's VAIV preference pairs (../shared/data/vaiv, null w
 Last line: one JSON object with sft_eval_loss_start/end, sft_eos_rate, sft_haeyo_rate, rm_accuracy,
 rm_accuracy_fact_swap, rm_length_baseline, rm_bow_baseline, the wall seconds of each stage, and
 rm_accuracy_vaiv / rm_length_baseline_vaiv next to that project's published RM v1 accuracy (0.65).
+Also `lm_prefers_true_*`: how often the base and SFT language models give the true answer of a fact-swap pair the
+higher log-probability (SFT also with the lore sentence that states the fact as retrieved context), on held-out and
+training pairs. 0.5 is chance: a reward model cannot read knowledge its backbone does not hold (issue #7's fact-swap target).
 Artifacts are cached (DNF_RLHF_CACHE), so a second run reports the recorded training seconds without retraining.
 """
 import json, os, sys, tempfile, time
@@ -14,7 +17,7 @@ from dnf_rlhf.core import get_preset, ProjectConfig, load_json, METRICS
 from dnf_rlhf.formats import write_jsonl
 from dnf_rlhf.tinybase import tiny_base_path
 from dnf_rlhf.sft import sft_dir
-from dnf_rlhf.reward import rm_dir, train_rm
+from dnf_rlhf.reward import rm_dir, train_rm, load_pairs
 
 SHARED = Path(__file__).resolve().parent.parent.parent/'shared'/'data'/'vaiv'
 
@@ -34,6 +37,38 @@ def vaiv_rm(preset) -> dict:
             'rm_bow_baseline_vaiv': m['rm/bow_baseline'], 'rm_pairs_vaiv': m['rm/train_pairs'], 'rm_seconds_vaiv': m['rm/train_seconds'],
             'rm_accuracy_vaiv_published_v1': 0.65}
 
+def answer_logprob(model, tok, prompt:str, answer:str, context:str|None=None) -> float:
+    "Sum of the answer tokens' log-probabilities after the rendered prompt (the policy's view of the answer)."
+    import torch
+    from dnf_rlhf.chat import build_messages, render_prompt, completion_ids
+    msgs = build_messages(prompt, context=context)
+    p = tok(render_prompt(tok, msgs), add_special_tokens=False)['input_ids']
+    a = completion_ids(tok, msgs, answer)
+    with torch.no_grad(): logp = model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1:-1].float().log_softmax(-1)
+    return float(logp.gather(-1, torch.tensor(a)[:, None]).sum())
+
+def knowledge_probe(preset) -> dict:
+    "Share of fact-swap pairs whose true answer the base / SFT model finds likelier (SFT also given the fact's lore sentence)."
+    from dnf_rlhf.tinybase import load_base
+    from dnf_rlhf.sft import load_sft
+    from dnf_rlhf.chat import prepare_tokenizer
+    from dnf_rlhf.lore import load_corpus, load_facts
+    from dnf_rlhf.demo_data import answer_sentence
+    docs = {d.id: d for d in load_corpus()}
+    facts = {f'{f.doc_id}:{f.attribute}': f for f in load_facts(docs=list(docs.values()))}
+    evidence = lambda p: ' '.join(dict.fromkeys(answer_sentence(docs[facts[k].doc_id], facts[k].span(docs[facts[k].doc_id])[0]) for k in p.facts))
+    base, btok, _ = load_base(preset, for_training=False); prepare_tokenizer(btok)
+    sft, stok = load_sft(preset)
+    readers = {'base': (base.eval(), btok, lambda p: None), 'sft': (sft.eval(), stok, lambda p: None), 'sft_gold_context': (sft, stok, evidence)}
+    out = {}
+    for split, name in (('test', 'heldout'), ('train', 'train')):
+        pairs = [p for p in load_pairs(ProjectConfig(), split) if p.kind == 'fact_swap'][:300]
+        out[f'fact_swap_pairs_{name}'] = len(pairs)
+        for r, (model, tok, ctx) in readers.items():
+            wins = [answer_logprob(model, tok, p.prompt, p.chosen, ctx(p)) > answer_logprob(model, tok, p.prompt, p.rejected, ctx(p)) for p in pairs]
+            out[f'lm_prefers_true_{r}_{name}'] = round(sum(wins) / len(wins), 3)
+    return out
+
 if __name__ == '__main__':
     preset = get_preset(sys.argv[1] if len(sys.argv) > 1 else 'tiny')
     base, t_base = timed(lambda: tiny_base_path(preset.tiny_size))
@@ -49,5 +84,6 @@ if __name__ == '__main__':
            'rm_length_baseline': r['rm/length_baseline'], 'rm_bow_baseline': r['rm/bow_baseline'],
            'rm_reward_length_corr': r['rm/reward_length_corr'], 'rm_seconds': r['rm/train_seconds'],
            'wall_seconds_this_run': {'base': t_base, 'sft': t_sft, 'rm': t_rm}}
+    out.update(knowledge_probe(preset))
     out.update(vaiv_rm(preset))
     print(json.dumps(out, ensure_ascii=False))
