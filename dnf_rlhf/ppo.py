@@ -24,27 +24,24 @@ from .sft import sft_dir, sft_config, sft_messages
 from .reward import rm_dir, rm_config, rm_messages, rm_key, load_rm_base
 
 # %% auto #0
-__all__ = ['PPO_CONFIGS', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'logprobs_from_logits', 'entropy_from_logits',
-           'masked_mean', 'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController',
-           'ppo_losses', 'PPOStageConfig', 'ppo_config', 'cpu_threads', 'check_ppo_supported', 'position_ids_from_mask',
+__all__ = ['PPO_CONFIGS', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'logprobs_from_logits', 'masked_mean',
+           'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController', 'ppo_losses',
+           'PPOStageConfig', 'ppo_config', 'cpu_threads', 'check_ppo_supported', 'position_ids_from_mask',
            'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden', 'Layout', 'SharedLayout',
            'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'policy_messages', 'encode_queries',
-           'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses', 'rollout', 'score_responses',
-           'lcs_len', 'signoff_reward', 'NonFiniteError', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se',
-           'win_rate', 'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves',
-           'train_ppo', 'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage', 'ppo_main']
+           'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses', 'length_micro_batches',
+           'rollout', 'score_responses', 'lcs_len', 'signoff_reward', 'NonFiniteError', 'ppo_step', 'batch_indices',
+           'rng_state', 'set_rng_state', 'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning',
+           'heldout_ppo_records', 'mean_se', 'win_rate', 'answer_and_score', 'heldout_kl', 'before_after',
+           'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo', 'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage',
+           'ppo_main']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
-def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0) -> torch.Tensor:
-    "log pi(label) under softmax(logits / temperature), computed in fp32. logits (..., V), labels (...) -> (...)."
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    return torch.gather(logp, -1, labels.unsqueeze(-1)).squeeze(-1)
-
-def entropy_from_logits(logits:torch.Tensor, temperature:float=1.0) -> torch.Tensor:
-    "Entropy of softmax(logits / temperature): (..., V) -> (...)."
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0, with_entropy:bool=False):
+    "log pi(label) under softmax(logits / temperature), in fp32: logits (..., V), labels (...) -> (...); `with_entropy`: (logprobs, entropy) from one log-softmax."
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)  # (..., V): the largest tensor of a rollout, computed once
+    logprobs = torch.gather(logp, -1, labels.unsqueeze(-1)).squeeze(-1)
+    return (logprobs, -(logp.exp() * logp).sum(-1)) if with_entropy else logprobs
 
 # %% ../nbs/05_ppo.ipynb #420a3283
 def masked_mean(x:torch.Tensor, mask:torch.Tensor, dim=None) -> torch.Tensor:
@@ -256,9 +253,9 @@ def _response_logprobs(lm, input_ids, mask, n_resp:int, temperature:float, entro
     tokens, real = input_ids[:, -n_resp:], mask[:, -n_resp:].bool()  # (B, R)
     logits = lm.get_output_embeddings()(h[real])  # (N, V): the N real response tokens only, padding never reaches the head
     unpack = lambda x: torch.zeros(real.shape, dtype=x.dtype, device=x.device).masked_scatter(real, x)  # (N,) -> (B, R)
-    out = dict(logprobs=unpack(logprobs_from_logits(logits, tokens[real], temperature)))
-    if entropy: out['entropy'] = unpack(entropy_from_logits(logits, temperature))
-    return h, out
+    if not entropy: return h, dict(logprobs=unpack(logprobs_from_logits(logits, tokens[real], temperature)))
+    logprobs, ent = logprobs_from_logits(logits, tokens[real], temperature, with_entropy=True)
+    return h, dict(logprobs=unpack(logprobs), entropy=unpack(ent))
 
 def _score_at_last(lm, head:nn.Module, input_ids, mask) -> torch.Tensor:
     "A scalar head read at each row's last real token, (B,)."
@@ -487,6 +484,11 @@ def decode_responses(tok, resp:torch.Tensor, mask:torch.Tensor) -> list[str]:
 # %% ../nbs/05_ppo.ipynb #a74d1ace
 def _chunks(n:int, size:int): return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
+def length_micro_batches(rows:torch.Tensor, lens:torch.Tensor, size:int) -> list[tuple[torch.Tensor, int]]:
+    "(rows, width) micro-batches of `rows` in order of response length `lens`, each cut at its own longest response: later columns are padding in every row."
+    rows = rows[lens[rows].argsort().to(rows.device)]  # rows may live on the CPU (a randperm) and lens on the GPU
+    return [(rows[sl], int(lens[rows[sl]].max())) for sl in _chunks(len(rows), size)]
+
 @torch.no_grad()
 def rollout(layout:Layout, tok, batch:dict, max_new_tokens:int, temperature:float, micro_batch_size:int) -> dict:
     "Sample responses to `batch`'s prompts and compute old logprobs, values, entropies and reference logprobs."
@@ -496,10 +498,7 @@ def rollout(layout:Layout, tok, batch:dict, max_new_tokens:int, temperature:floa
     ids, mask = torch.cat([q, resp], 1), torch.cat([qm, rmask], 1)  # (B, P + R)
     P, lens = q.shape[1], rmask.sum(1)  # (B,) response lengths
     lp, values, ent, ref_lp = (torch.zeros(resp.shape, device=resp.device) for _ in range(4))  # (B, R) each
-    order = lens.argsort()  # micro-batches of similar lengths, each cut at its own longest response
-    for sl in _chunks(len(ids), micro_batch_size):
-        rows = order[sl]
-        w = int(lens[rows].max())
+    for rows, w in length_micro_batches(torch.arange(len(ids), device=lens.device), lens, micro_batch_size):
         pol = layout.policy_forward(ids[rows, :P + w], mask[rows, :P + w], w, temperature, entropy=True)  # each (b, w)
         lp[rows, :w], values[rows, :w], ent[rows, :w] = pol['logprobs'], pol['values'].float(), pol['entropy']
         ref_lp[rows, :w] = layout.ref_logprobs(ids[rows, :P + w], mask[rows, :P + w], w, temperature)
@@ -567,9 +566,7 @@ def ppo_step(layout:Layout, tok, batch:dict, cfg:PPOStageConfig, shape:RolloutSh
     for _ in range(cfg.ppo_epochs):
         for mb in torch.randperm(B).split(shape.minibatch_size):
             opt.zero_grad(set_to_none=True)
-            mb = mb[m[mb].sum(1).argsort()]  # similar lengths share a micro-batch (the sum of gradients does not depend on order)
-            for micro in mb.split(cfg.micro_batch_size):
-                w = int(m[micro].sum(1).max())  # the micro-batch's longest response: later columns are padding in every row
+            for micro, w in length_micro_batches(mb, m.sum(1), cfg.micro_batch_size):  # the sum of gradients does not depend on order
                 pol = layout.policy_forward(ro['ids'][micro, :P + w], ro['mask'][micro, :P + w], w, cfg.temperature)  # each (b, w)
                 pg, vf, st = ppo_losses(pol['logprobs'], ro['logprobs'][micro, :w], adv[micro, :w], pol['values'].float(),
                                         ro['values'][micro, :w], returns[micro, :w], m[micro, :w], cfg.cliprange, cfg.cliprange_value)
