@@ -447,6 +447,7 @@ def next_token(logits:torch.Tensor, temperature:float|None=None) -> torch.Tensor
 @torch.no_grad()
 def sample_responses(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id:int, temperature:float|None=None) -> torch.Tensor:
     "Responses (B, R <= max_new_tokens) to left-padded prompts, with the KV cache; a row leaves the batch after its EOS (padding after it)."
+    if max_new_tokens < 1: raise ValueError(f"max_new_tokens must be at least 1 (got {max_new_tokens}): a response needs a token to end with EOS")
     head, dev = lm.get_output_embeddings(), input_ids.device
     h, kv, kv_mask = backbone_hidden(lm, input_ids, mask, last=1, cache=True)  # the prompts (shared prefix once) -> KV cache
     logits = head(h[:, -1])  # (B, V) logits of each row's first response token
