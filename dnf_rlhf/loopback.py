@@ -283,7 +283,7 @@ def script(self:LoopbackServer, *behaviours:str, match:str|None=None) -> Loopbac
 
 @patch
 def after(self:LoopbackServer, k:int, hold:bool=False) -> threading.Event:
-    "An event set once `k` more successful answers (counted from now) have been sent; with `hold`, later ones wait for `release()`."
+    "An event set as the `k`-th more successful answer (counted from now) is sent, before the client can read it; with `hold`, later ones wait for `release()`."
     ev = threading.Event()
     with self._lock:
         self._hooks.append((self._sent + k, ev))
@@ -333,8 +333,13 @@ def _answer(self:LoopbackServer, h:_Handler, body:dict):
     with self._lock:  # a request the server cannot take (unsupported JSON mode) does not use up the script
         hit = Hit(len(self.log), prompt_hash(messages), 'unsupported' if unsupported else self._next_behaviour(text), t=time.monotonic())
         self.log.append(hit)
-    def send(code, payload, headers=None):  # the status is logged before the client can read the answer
+    def send(code, payload, headers=None):  # status, count and `after` events are updated before the client can read the answer
         hit.status = code; h.answered()
+        if code == 200:
+            with self._lock:
+                self._sent += 1
+                for k, ev in self._hooks:
+                    if self._sent >= k: ev.set()
         try: h._send(code, payload, headers)
         except (BrokenPipeError, ConnectionResetError): hit.status = None; raise
     def status(code, msg, kind, headers=None, err_code=None):
@@ -367,7 +372,3 @@ def _answer(self:LoopbackServer, h:_Handler, body:dict):
                       'total_tokens': chars // 2 + 4 * len(messages) + len(content) // 2}}
     if not self._reserve(): h.close_connection = True; return
     send(200, b'this is not json {' if b == 'bad_body' else resp)
-    with self._lock:
-        self._sent += 1
-        for k, ev in self._hooks:
-            if self._sent >= k: ev.set()
