@@ -38,14 +38,13 @@ def vaiv_rm(preset) -> dict:
             'rm_accuracy_vaiv_published_v1': 0.65}
 
 def answer_logprob(model, tok, prompt:str, answer:str, context:str|None=None) -> float:
-    "Sum of the answer tokens' log-probabilities after the rendered prompt (the policy's view of the answer)."
+    "Sum of the answer tokens' log-probabilities (answer + EOS) after the rendered prompt: the tokens SFT trains on."
     import torch
-    from dnf_rlhf.chat import build_messages, render_prompt, completion_ids
-    msgs = build_messages(prompt, context=context)
-    p = tok(render_prompt(tok, msgs), add_special_tokens=False)['input_ids']
-    a = completion_ids(tok, msgs, answer)
-    with torch.no_grad(): logp = model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1:-1].float().log_softmax(-1)
-    return float(logp.gather(-1, torch.tensor(a)[:, None]).sum())
+    from dnf_rlhf.chat import build_messages, encode_example
+    ex = encode_example(tok, build_messages(prompt, context=context), answer, tok.model_max_length)
+    ids, is_answer = torch.tensor([ex['input_ids']]), torch.tensor(ex['completion_mask'][1:]).bool()
+    with torch.no_grad(): logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)  # position t predicts token t + 1
+    return float(logp.gather(-1, ids[0, 1:, None])[:, 0][is_answer].sum())
 
 def knowledge_probe(preset) -> dict:
     "Share of fact-swap pairs whose true answer the base / SFT model finds likelier (SFT also given the fact's lore sentence)."
