@@ -132,7 +132,7 @@ def get_preset(name:str) -> Preset:
 class Hardware:
     "What the machine can do (filled by `probe_hardware`; tests build it by hand)."
     cuda: bool = False  # a CUDA GPU is visible to torch
-    bf16: bool = False  # the accelerator computes in bfloat16 natively
+    bf16: bool = False  # the accelerator computes in bfloat16 natively (CUDA: compute capability >= 8.0)
     xla: bool = False  # torch_xla is importable with a TPU device
     mps: bool = False  # Apple-silicon GPU
     gpu_name: str|None = None  # e.g. 'Tesla T4'
@@ -153,21 +153,23 @@ class Policy:
 
 # %% ../nbs/00_core.ipynb #af4f0bc8
 def device_policy(hw:Hardware, preset:Preset|None=None) -> Policy:
-    "Resolve device, dtype and quantization for `hw`, honouring what `preset` asks for where the hardware allows."
+    "Resolve device, dtype and quantization for `hw`: a preset's explicit dtype wins over detection where the hardware has it."
     want_dtype = preset.dtype if preset else 'auto'
     want_q = preset.quantization if preset else 'nf4'
     if hw.xla:  # TPU: bitsandbytes has no XLA kernels; bf16 is native; recompiles on new shapes
         if preset and preset.quantization: warnings.warn(f"preset {preset.name}: no 4-bit on TPU, using bf16 LoRA")
         return Policy('xla', 'bf16', None, False, True)
     if hw.cuda:
-        dtype = 'bf16' if hw.bf16 else 'fp16'
-        if want_dtype == 'fp32': dtype = 'fp32'
-        elif want_dtype == 'bf16' and not hw.bf16:
-            warnings.warn(f"{hw.gpu_name or 'this GPU'} has no bf16: using fp16 with fp32 logits")
+        dtype = want_dtype if want_dtype != 'auto' else 'bf16' if hw.bf16 else 'fp16'
+        if dtype == 'bf16' and not hw.bf16:
+            warnings.warn(f"{hw.gpu_name or 'this GPU'} has no native bf16: using fp16 with fp32 logits")
+            dtype = 'fp16'
         return Policy('cuda', dtype, want_q, dtype == 'fp16', bool(preset and preset.fixed_shapes))
     device = 'mps' if hw.mps else 'cpu'
-    # CPU: fp32 by default; NF4 only when the preset asks for it (bitsandbytes runs it on CPU, slowly)
-    return Policy(device, 'fp32', preset.quantization if preset else None, False, False)
+    # CPU: fp32 unless the preset names a dtype (torch runs fp16/bf16 on CPU, slowly: the GPU rehearsal uses it);
+    # NF4 only when the preset asks for it (bitsandbytes runs it on CPU, slowly)
+    dtype = want_dtype if want_dtype != 'auto' else 'fp32'
+    return Policy(device, dtype, preset.quantization if preset else None, dtype == 'fp16', False)
 
 def suggest_preset(hw:Hardware) -> str:
     "The preset that fits `hw`."
@@ -203,7 +205,8 @@ def probe_hardware() -> Hardware:
     except Exception: pass
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
-        return Hardware(cuda=True, bf16=torch.cuda.is_bf16_supported(), gpu_name=torch.cuda.get_device_name(0),
+        native_bf16 = torch.cuda.get_device_capability(0) >= (8, 0)  # Ampere+; is_bf16_supported() also counts emulation
+        return Hardware(cuda=True, bf16=native_bf16, gpu_name=torch.cuda.get_device_name(0),
                         vram_gb=total/2**30, vram_free_gb=free/2**30, **kw)
     mps = bool(getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available())
     return Hardware(mps=mps, **kw)
