@@ -88,7 +88,7 @@ def make_adapters(cfg, root):
     from torch import nn
     from peft import LoraConfig, get_peft_model
     from transformers import GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
-    from dnf_rlhf.sft import LORA_TARGETS
+    from dnf_rlhf.models import LORA_TARGETS
     torch.manual_seed(0)
     for name, cls, task, extra in (('sft', GPTNeoXForCausalLM, 'CAUSAL_LM', {}),
                                    ('rm', GPTNeoXForSequenceClassification, 'SEQ_CLS', {'modules_to_save': ['score']})):

@@ -114,7 +114,7 @@ def main():
     from dnf_rlhf.formats import read_jsonl, PPORecord
     from dnf_rlhf.sft import sft_dir, sft_config
     from dnf_rlhf.reward import rm_dir, rm_config
-    from dnf_rlhf.tinybase import _base_source
+    from dnf_rlhf.models import base_source
     from dnf_rlhf.ppo import (ppo_config, load_layout, encode_queries, ppo_step, AdaptiveKLController,
                               batch_indices, cpu_threads)
     preset, project = PRESETS[a.preset], ProjectConfig()
@@ -172,7 +172,7 @@ def main():
     py = trl_python(Path(a.trl_venv) if a.trl_venv else cache_root()/'trl011-venv')
     with tempfile.TemporaryDirectory() as work:
         unpad = lambda ids, mask: [row[m.bool()].tolist() for row, m in zip(ids, mask)]
-        spec = dict(work=work, threads=threads, base=_base_source(preset, a.run_dir)[0], sft_adapter=str(sft/'adapter'),
+        spec = dict(work=work, threads=threads, base=base_source(preset, a.run_dir)[0], sft_adapter=str(sft/'adapter'),
                     rm_adapter=str(rm/'adapter'), eos_token=tok.eos_token, pad_token=tok.pad_token, check_ids=check_ids.tolist(),
                     queries=[unpad(e['query_ids'], e['query_mask']) for e in enc], rm_queries=[unpad(e['rm_ids'], e['rm_mask']) for e in enc],
                     ppo=dict(batch_size=shape.batch_size, minibatch_size=shape.minibatch_size, max_new_tokens=shape.max_new_tokens,

@@ -48,15 +48,14 @@ def answer_logprob(model, tok, prompt:str, answer:str, context:str|None=None) ->
 
 def knowledge_probe(preset) -> dict:
     "Share of fact-swap pairs whose true answer the base / SFT model finds likelier (SFT also given the fact's lore sentence)."
-    from dnf_rlhf.tinybase import load_base
+    from dnf_rlhf.models import load_pretrained
     from dnf_rlhf.sft import load_sft
-    from dnf_rlhf.chat import prepare_tokenizer
     from dnf_rlhf.lore import load_corpus, load_facts
     from dnf_rlhf.demo_data import answer_sentence
     docs = {d.id: d for d in load_corpus()}
     facts = {f'{f.doc_id}:{f.attribute}': f for f in load_facts(docs=list(docs.values()))}
     evidence = lambda p: ' '.join(dict.fromkeys(answer_sentence(docs[facts[k].doc_id], facts[k].span(docs[facts[k].doc_id])[0]) for k in p.facts))
-    base, btok, _ = load_base(preset, for_training=False); prepare_tokenizer(btok)
+    base, btok, _ = load_pretrained(preset)
     sft, stok = load_sft(preset)
     readers = {'base': (base.eval(), btok, lambda p: None), 'sft': (sft.eval(), stok, lambda p: None), 'sft_gold_context': (sft, stok, evidence)}
     out = {}

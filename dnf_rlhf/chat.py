@@ -9,8 +9,8 @@ from __future__ import annotations
 from .core import *
 
 # %% auto #0
-__all__ = ['project_chat_template', 'prepare_tokenizer', 'build_messages', 'render_prompt', 'completion_ids', 'encode_example',
-           'generate_answers', 'is_haeyo']
+__all__ = ['CONTEXT_LABEL', 'project_chat_template', 'prepare_tokenizer', 'build_messages', 'template_messages', 'render_prompt',
+           'end_of_turn_token', 'completion_ids', 'encode_example', 'generate_answers', 'is_haeyo']
 
 # %% ../nbs/01c_chat.ipynb #5c8cdc3a
 def project_chat_template(project:ProjectConfig|None=None) -> str:
@@ -26,8 +26,10 @@ def project_chat_template(project:ProjectConfig|None=None) -> str:
             "{%- if add_generation_prompt -%}" + p.answer_header + "{%- endif -%}")
 
 def prepare_tokenizer(tokenizer, project:ProjectConfig|None=None):
-    "Give `tokenizer` the project's chat template unless the model has its own; returns it."
+    "Give `tokenizer` the project's chat template unless the model has its own, and its template's end-of-turn token as EOS."
     if not getattr(tokenizer, 'chat_template', None): tokenizer.chat_template = project_chat_template(project)
+    eot = end_of_turn_token(tokenizer)
+    if eot != tokenizer.eos_token: tokenizer.eos_token = eot  # SFT labels, PPO sampling and serving all stop on it
     return tokenizer
 
 # %% ../nbs/01c_chat.ipynb #fb279fa3
@@ -39,15 +41,45 @@ def build_messages(prompt:str, context:str|None=None, persona:str|None=None, his
     msgs.append({'role': 'user', 'content': prompt})
     return msgs
 
+CONTEXT_LABEL = '참고 자료:'  # heads the retrieved passages when another model's template has no 'context' role
+
+def _accepts(tokenizer, role:str) -> bool:
+    "Whether the tokenizer's template renders a leading `role` turn (Gemma's raises on 'system')."
+    mark = '\ue001'  # a private-use character that no template alters
+    try: return mark in tokenizer.apply_chat_template([{'role': role, 'content': mark}, {'role': 'user', 'content': 'q'}],
+                                                      tokenize=False)
+    except Exception: return False
+
+def template_messages(tokenizer, messages:list[dict]) -> list[dict]:
+    "`messages` as the template takes them: ours has a 'context' role; another model's gets the passages in the system turn, or persona and passages in the user turn when it rejects a system role."
+    if "'context'" in (tokenizer.chat_template or ''): return messages  # ours (generic templates render any role name)
+    lead = [m for m in messages if m['role'] in ('system', 'context')]  # the persona and the retrieved passages lead
+    rest = [dict(m) for m in messages if m['role'] not in ('system', 'context')]
+    if not lead: return rest
+    text = '\n\n'.join(m['content'] if m['role'] == 'system' else f"{CONTEXT_LABEL}\n{m['content']}" for m in lead)
+    if _accepts(tokenizer, 'system'): return [{'role': 'system', 'content': text}] + rest
+    first = next(i for i, m in enumerate(rest) if m['role'] == 'user')
+    rest[first]['content'] = f"{text}\n\n{rest[first]['content']}"
+    return rest
+
 def render_prompt(tokenizer, messages:list[dict]) -> str:
     "The prompt text the model continues: all turns plus the generation prompt."
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(template_messages(tokenizer, messages), tokenize=False, add_generation_prompt=True)
+
+def end_of_turn_token(tokenizer) -> str:
+    "The special token the template writes right after an answer (Llama-3 `<|eot_id|>`, Qwen `<|im_end|>`), else EOS."
+    mark = '\ue000'
+    text = tokenizer.apply_chat_template([{'role': 'user', 'content': 'q'}, {'role': 'assistant', 'content': mark}], tokenize=False)
+    ids = tokenizer(text[text.rindex(mark) + 1:], add_special_tokens=False)['input_ids']
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return tokenizer.convert_ids_to_tokens(ids[0]) if ids and ids[0] in special else tokenizer.eos_token
 
 # %% ../nbs/01c_chat.ipynb #acef4a19
 def completion_ids(tokenizer, messages:list[dict], answer:str) -> list[int]:
     "Token ids of the assistant turn after the generation prompt, ending in exactly one EOS."
     prompt = render_prompt(tokenizer, messages)
-    full = tokenizer.apply_chat_template(messages + [{'role': 'assistant', 'content': answer}], tokenize=False)
+    full = tokenizer.apply_chat_template(template_messages(tokenizer, messages + [{'role': 'assistant', 'content': answer}]),
+                                         tokenize=False)
     if not full.startswith(prompt): raise ValueError("chat template: the prompt is not a prefix of the full conversation")
     ids = tokenizer(full[len(prompt):].rstrip(), add_special_tokens=False)['input_ids']
     eos = tokenizer.eos_token_id

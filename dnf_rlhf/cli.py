@@ -44,7 +44,7 @@ def run_pipeline(preset:Preset, out, project:ProjectConfig|None=None, stages:lis
     out, project = Path(out), project or ProjectConfig()
     out.mkdir(parents=True, exist_ok=True)
     todo = [(s, t) for s, t in (PIPELINE if pipeline is None else pipeline) if stages is None or s in stages]
-    rep = dict(preset=preset.name, versions=package_versions(), hardware=asdict(probe_hardware()), stages=[])
+    rep = dict(preset=preset.name, base=preset.base.name, rehearsal=preset.rehearsal, versions=package_versions(), hardware=asdict(probe_hardware()), stages=[])
     t0 = time.time()
     for stage, target in tqdm(todo, desc='dnf-rlhf run', unit='stage'):
         s0 = time.time()
@@ -83,21 +83,20 @@ def main(argv:list[str]|None=None) -> int:
     sub = ap.add_subparsers(dest='cmd', required=True)
     sub.add_parser('doctor', help='versions, device, precision, memory, 4-bit support and the preset to use')
     r = sub.add_parser('run', help='run every stage end to end and write DIR/report.md and DIR/report.json')
-    r.add_argument('--preset', default=None, help=f"one of {sorted(PRESETS)} (default: the one `doctor` suggests)")
-    r.add_argument('--out', required=True, help='run folder')
+    add_preset_args(r).add_argument('--out', required=True, help='run folder')
     r.add_argument('--project', default=None, help='project config (.toml or .json) for your own domain')
     r.add_argument('--stages', nargs='*', default=None, help='only these stages')
     for stage, target in PIPELINE:  # one command per stage: `dnf-rlhf sft --preset colab-t4 --out runs/t4`
         if stage in PASSTHROUGH: continue  # e.g. `dnf-rlhf eval` has options of its own
         c = sub.add_parser(stage, help=f'run only the {stage!r} stage into --out (inputs from the same run folder)')
-        c.add_argument('--preset', default=None); c.add_argument('--out', required=True); c.add_argument('--project', default=None)
+        add_preset_args(c).add_argument('--out', required=True); c.add_argument('--project', default=None)
     for name in PASSTHROUGH: sub.add_parser(name, help=f'see `dnf-rlhf {name} --help`', add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in PASSTHROUGH: return _load(PASSTHROUGH[argv[0]])(argv[1:]) or 0
     a = ap.parse_args(argv)
     if a.cmd == 'doctor':
         doctor(); return 0
-    preset = get_preset(a.preset or suggest_preset(probe_hardware()))
+    preset = preset_from_args(a)
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
     if a.cmd != 'run':
         m = _load(dict(PIPELINE)[a.cmd])(preset, Path(a.out), project)

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['BASE_MODELS', 'PRESETS', 'PACKAGES', 'DNF_PERSONA', 'MANIFEST', 'METRICS', 'STAGE_NOTEBOOKS', 'in_test',
-           'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape', 'RolloutShape', 'Preset',
-           'get_preset', 'Hardware', 'Policy', 'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config',
-           'probe_hardware', 'package_versions', 'four_bit_usable', 'doctor', 'ProjectConfig', 'save_json', 'load_json',
-           'file_hash', 'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done', 'stage_output',
-           'MissingArtifactError', 'cached_build', 'require_stage', 'run_stage', 'stage_table', 'set_seed']
+__all__ = ['BASE_MODELS', 'PRESETS', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'MANIFEST', 'METRICS', 'STAGE_NOTEBOOKS',
+           'in_test', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape', 'RolloutShape',
+           'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware', 'Policy', 'device_policy',
+           'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware', 'package_versions',
+           'four_bit_usable', 'doctor', 'ProjectConfig', 'save_json', 'load_json', 'file_hash', 'config_hash',
+           'git_commit', 'write_manifest', 'write_metrics', 'stage_done', 'stage_output', 'MissingArtifactError',
+           'cached_build', 'require_stage', 'run_stage', 'stage_table', 'set_seed']
 
 # %% ../nbs/00_core.ipynb #ed0ff524
 def in_test() -> bool:
@@ -53,11 +54,11 @@ def runs_root() -> Path:
 class BaseModel:
     "A base model: hub id (or local path) and the revision it is pinned to."
     name: str  # hub id such as 'EleutherAI/polyglot-ko-1.3b', or 'tiny' for the project's own model
-    revision: str = 'main'  # commit hash or tag passed to `from_pretrained(revision=...)`
-    arch: str = 'gpt_neox'  # architecture family, picks LoRA target modules
+    revision: str|None = None  # commit hash for `from_pretrained(revision=...)`; None: unverified here, the resolved one is logged
+    remote_code: bool = False  # needs `trust_remote_code=True` (off unless the model table says so)
 
-BASE_MODELS = {
-    'tiny': BaseModel('tiny', 'local'),  # built by nbs/01a_tiny_base.ipynb, trains on a laptop CPU
+BASE_MODELS = {  # the README's model table; revisions could not be verified offline (see above)
+    'tiny': BaseModel('tiny'),  # built by nbs/01a_tiny_base.ipynb, trains on a laptop CPU
     'polyglot-ko-1.3b': BaseModel('EleutherAI/polyglot-ko-1.3b'),
     'polyglot-ko-5.8b': BaseModel('EleutherAI/polyglot-ko-5.8b'),
     'polyglot-ko-12.8b': BaseModel('EleutherAI/polyglot-ko-12.8b'),
@@ -92,15 +93,28 @@ class Preset:
     ppo: RolloutShape  # PPO rollouts
     fixed_shapes: bool = False  # pad every batch to max_len (XLA recompiles on each new shape)
     gradient_checkpointing: bool = True  # trade compute for activation memory
-    tiny_size: str|None = None  # 'tiny' or 'test': size of the project's own model; None for hub models
+    tiny_size: str|None = None  # 'tiny' or 'test': the laptop sizes (models, steps); None for the GPU presets
+    rehearsal: bool = False  # a GPU preset rehearsed on CPU: same code path, a stand-in base, sizes and steps shrunk
 
     @property
     def is_tiny(self) -> bool: return self.tiny_size is not None
 
-    def with_base(self, key:str) -> 'Preset':
-        "This preset with another entry of `BASE_MODELS` (e.g. 'polyglot-ko-5.8b')."
-        if self.is_tiny: raise ValueError("the tiny presets use the project's own model")
-        return replace(self, base=BASE_MODELS[key])
+    @property
+    def own_base(self) -> bool: return self.base.name == 'tiny'
+
+    @property
+    def size(self) -> str|None:
+        "Which entry of the stages' config tables applies: 'tiny', 'test', 'rehearsal', or None (the defaults)."
+        return self.tiny_size or ('rehearsal' if self.rehearsal else None)
+
+    def with_base(self, base:str) -> 'Preset':
+        "This preset on another base: a key of `BASE_MODELS` (e.g. 'polyglot-ko-5.8b'), any hub id, or a local model folder."
+        return replace(self, base=BASE_MODELS.get(base) or BaseModel(base))
+
+    def rehearsed(self) -> 'Preset':
+        "The dress rehearsal of this GPU preset on a CPU: its quantization, dtype, checkpointing and layout, tiny batches."
+        if self.is_tiny: raise ValueError(f"preset {self.name!r} already runs on a CPU: only GPU presets are rehearsed")
+        return replace(self, rehearsal=True, sft=TrainShape(2, 2, 192), rm=TrainShape(2, 2, 192), ppo=RolloutShape(4, 2, 96, 16))
 
 # %% ../nbs/00_core.ipynb #c243b039
 PRESETS = {p.name: p for p in [
@@ -126,6 +140,20 @@ def get_preset(name:str) -> Preset:
     if name == 'tiny' and in_test(): name = 'test'
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+# %% ../nbs/00_core.ipynb #9a1c0e02
+def add_preset_args(ap):
+    "Add the `--preset`, `--base` and `--rehearse` options every command shares to the argparse parser `ap`."
+    ap.add_argument('--preset', default=None, help=f"one of {sorted(PRESETS)} (default: the one `doctor` suggests)")
+    ap.add_argument('--base', default=None, help='another base model: a key of BASE_MODELS, a hub id or a local model folder')
+    ap.add_argument('--rehearse', action='store_true', help='rehearse a GPU preset on this machine: its code path, tiny steps')
+    return ap
+
+def preset_from_args(a) -> Preset:
+    "The preset parsed options `a` ask for: `--preset` (default: the hardware's), on `--base`, rehearsed with `--rehearse`."
+    preset = get_preset(a.preset or suggest_preset(probe_hardware()))
+    if a.base: preset = preset.with_base(a.base)
+    return preset.rehearsed() if a.rehearse else preset
 
 # %% ../nbs/00_core.ipynb #059bc7e2
 @dataclass(frozen=True)
@@ -166,10 +194,12 @@ def device_policy(hw:Hardware, preset:Preset|None=None) -> Policy:
             dtype = 'fp16'
         return Policy('cuda', dtype, want_q, dtype == 'fp16', bool(preset and preset.fixed_shapes))
     device = 'mps' if hw.mps else 'cpu'
-    # CPU: fp32 unless the preset names a dtype (torch runs fp16/bf16 on CPU, slowly: the GPU rehearsal uses it);
+    # CPU: fp32 unless the preset names a dtype (the GPU rehearsal), fp16 replaced by CPU_SUBSTITUTES;
     # NF4 only when the preset asks for it (bitsandbytes runs it on CPU, slowly)
-    dtype = want_dtype if want_dtype != 'auto' else 'fp32'
+    dtype = CPU_SUBSTITUTES.get(want_dtype, want_dtype) if want_dtype != 'auto' else 'fp32'
     return Policy(device, dtype, preset.quantization if preset else None, dtype == 'fp16', False)
+
+CPU_SUBSTITUTES = {'fp16': 'bf16'}  # accelerate autocasts fp16 only off the CPU (Accelerator: native_amp needs device != cpu)
 
 def suggest_preset(hw:Hardware) -> str:
     "The preset that fits `hw`."

@@ -41,11 +41,13 @@ class EvalStageConfig:
     seed: int = 0  # generation seed (greedy decoding does not sample; kept for the record)
 
 EVAL_CONFIGS = {'test': EvalStageConfig(fact_prompts=9, persona_prompts=3, hostile_prompts=6, max_new_tokens=48,
-                                        judge_prompts=3, table_rows=4)}
+                                        judge_prompts=3, table_rows=4),
+                'rehearsal': EvalStageConfig(fact_prompts=4, persona_prompts=2, hostile_prompts=2, max_new_tokens=16,
+                                             judge='off', table_rows=2)}  # the GPU path on a stand-in: a handful of prompts
 
 def eval_config(preset:Preset) -> EvalStageConfig:
     "The evaluation settings of `preset`."
-    return EVAL_CONFIGS.get(preset.tiny_size, EvalStageConfig())
+    return EVAL_CONFIGS.get(preset.size, EvalStageConfig())
 
 # %% ../nbs/08_evaluation.ipynb #530058d5
 def eval_prompts(project:ProjectConfig, cfg:EvalStageConfig) -> list[PPORecord]:
@@ -85,8 +87,8 @@ SYSTEMS = MODELS + tuple(f'{m}+rag' for m in MODELS)  # names in tables and metr
 def load_model(name:str, preset:Preset, run_dir=None, project:ProjectConfig|None=None):
     "(model, tokenizer with the chat template) of stage `name` ('base', 'sft' or 'ppo') from the run (tiny: built if absent)."
     if name == 'base':
-        from dnf_rlhf.tinybase import load_base
-        model, tok, _ = load_base(preset, run_dir, for_training=False)
+        from dnf_rlhf.models import load_pretrained
+        model, tok, _ = load_pretrained(preset, run_dir, project=project)
     elif name == 'sft':
         from dnf_rlhf.sft import load_sft
         model, tok = load_sft(preset, run_dir, project)

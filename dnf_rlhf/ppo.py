@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 from .core import *
 from .formats import PPORecord, read_jsonl, write_jsonl
 from .chat import render_prompt, prepare_tokenizer
-from .tinybase import load_base
+from .models import load_pretrained
 from .sft import sft_dir, sft_config, sft_messages
-from .reward import rm_dir, rm_config, rm_messages, rm_key, load_rm_base
+from .reward import rm_dir, rm_config, rm_messages, rm_key
 
 # %% auto #0
 __all__ = ['PPO_CONFIGS', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'logprobs_from_logits', 'masked_mean',
@@ -153,11 +153,13 @@ PPO_CONFIGS = {  # per model size; hub presets use the defaults
                            kl_horizon=1000, checkpoint_every=20, sample_every=20),
     'test': PPOStageConfig(lr=3e-4, steps=48, ppo_epochs=2, micro_batch_size=4, init_kl_coef=0.1, kl_target=4.0,
                            kl_horizon=1000, checkpoint_every=8, sample_every=8, eval_prompts=64, cpu_threads=1),
+    'rehearsal': PPOStageConfig(steps=2, ppo_epochs=1, micro_batch_size=1, checkpoint_every=1, sample_every=1,
+                                eval_prompts=4),  # the GPU path on a stand-in: micro-batches below the minibatch of 2
 }
 
 def ppo_config(preset:Preset) -> PPOStageConfig:
     "The PPO hyper-parameters for `preset`."
-    return PPO_CONFIGS.get(preset.tiny_size, PPOStageConfig())
+    return PPO_CONFIGS.get(preset.size, PPOStageConfig())
 
 @contextmanager
 def cpu_threads(n:int|None):
@@ -409,9 +411,8 @@ def load_layout(preset:Preset, run_dir=None, project:ProjectConfig|None=None, cf
     if cfg.layout == 'shared' and bases['sft'] != bases['rm']:
         raise ValueError(f"the reward model's base {bases['rm']} is not the policy's {bases['sft']}: use layout='separate'")
     def load_model(kind):
-        if kind == 'causal': return load_base(preset, run_dir, policy)[0]
-        if kind == 'seq_cls': return load_rm_base(preset, run_dir, policy)[0]
-        return load_rm_base(preset, run_dir, replace(policy, quantization=None))[0]  # value model: full trainable copy
+        pol = replace(policy, quantization=None) if kind == 'value' else policy  # value model: a full trainable copy
+        return load_pretrained(preset, run_dir, pol, head='causal' if kind == 'causal' else 'score', project=project)[0]
     layout = build_layout(cfg.layout, load_model, sft/'adapter', rm/'adapter', cfg.value_init, preset.gradient_checkpointing)
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(sft/'adapter'), project)
     return layout, tok, load_json(rm/MANIFEST)['reward_norm']
@@ -850,7 +851,9 @@ def _train_ppo(out, preset, project, run_dir, cfg, policy, reward_fn, callbacks)
     tail = history[-max(1, len(history) // 10):]
     metrics = {'ppo/steps': len(history), 'ppo/kl_final': float(np.mean([h['ppo/kl'] for h in tail])),
                'ppo/reward_final': float(np.mean([h['ppo/reward'] for h in tail])), 'ppo/kl_target': cfg.kl_target,
-               'ppo/resumed_at': start, 'ppo/seconds': time.time() - t0, **ev}
+               'ppo/resumed_at': start, 'ppo/seconds': time.time() - t0, **ev,
+               'ppo/nf4_layers': sum(type(m).__name__ == 'Linear4bit' for m in layout.modules()),  # what really ran
+               'ppo/gradient_checkpointing': any(getattr(m, 'gradient_checkpointing', False) is True for m in layout.modules())}
     write_metrics(out, metrics)
     sft, rm = sft_dir(preset, run_dir, project), rm_dir(preset, run_dir, project)
     write_manifest(out, 'ppo', preset, cfg, inputs={'ppo_train': project.datasets_path()/'ppo_train.jsonl',
@@ -872,11 +875,7 @@ def ppo_dir(preset:Preset, run_dir=None, project:ProjectConfig|None=None) -> Pat
 
 def load_ppo(preset:Preset, run_dir=None, project:ProjectConfig|None=None, policy:Policy|None=None):
     "(base model carrying the PPO policy adapter, tokenizer with the chat template)."
-    from peft import PeftModel
-    from transformers import AutoTokenizer
-    d = ppo_dir(preset, run_dir, project)
-    base, _, _ = load_base(preset, run_dir, policy)
-    return PeftModel.from_pretrained(base, d/'adapter').eval(), AutoTokenizer.from_pretrained(d/'adapter')
+    return load_pretrained(preset, run_dir, policy, adapter=ppo_dir(preset, run_dir, project)/'adapter', project=project)[:2]
 
 # %% ../nbs/05_ppo.ipynb #e2897101
 def ppo_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:

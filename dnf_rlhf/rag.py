@@ -527,8 +527,8 @@ def compare_answers(model, tokenizer, retriever:Retriever, records:list[Retrieva
 
 # %% ../nbs/06_rag.ipynb #3b9b97fb
 def index_config_for(preset:Preset, embedder:str|None=None) -> IndexConfig:
-    "The index config of `preset`: the tiny embedder on tiny presets, `BAAI/bge-m3` on the others, unless `embedder` is given."
-    return IndexConfig(embedder=embedder or ('tiny' if preset.is_tiny else 'BAAI/bge-m3'))
+    "The index config of `preset`: the tiny embedder on tiny presets and rehearsals (no hub), `BAAI/bge-m3` otherwise, unless `embedder` is given."
+    return IndexConfig(embedder=embedder or ('tiny' if preset.is_tiny or preset.rehearsal else 'BAAI/bge-m3'))
 
 def rag_stage(preset:Preset, run_dir, project:ProjectConfig|None=None, cfg:IndexConfig|None=None) -> dict:
     "Pipeline stage: index the project's corpus into `run_dir/rag/index` and evaluate it on the retrieval questions."

@@ -14,14 +14,14 @@ from pathlib import Path
 import torch
 from .core import *
 from .formats import PairRecord, RankedRecord, read_jsonl
-from .chat import build_messages, completion_ids, render_prompt, prepare_tokenizer, generate_answers
-from .tinybase import load_base, _base_source, ensure_pad_token
-from .sft import lora_targets, trainer_precision, sft_dir, load_sft, load_sft_splits, sft_config, sft_messages
+from .chat import build_messages, completion_ids, render_prompt, generate_answers
+from .models import load_pretrained
+from .sft import trainer_precision, sft_dir, load_sft, load_sft_splits, sft_config, sft_messages
 
 # %% auto #0
-__all__ = ['RM_CONFIGS', 'RMStageConfig', 'rm_config', 'rm_messages', 'rm_input_ids', 'load_pairs', 'tokenize_pairs',
-           'load_rm_base', 'score_ids', 'train_rm', 'length_baseline', 'bow_baseline', 'rm_diagnostics',
-           'reward_normalisation', 'rm_key', 'rm_dir', 'load_rm', 'rm_stage']
+__all__ = ['RM_CONFIGS', 'RMStageConfig', 'rm_config', 'rm_messages', 'rm_input_ids', 'load_pairs', 'tokenize_pairs', 'score_ids',
+           'train_rm', 'length_baseline', 'bow_baseline', 'rm_diagnostics', 'reward_normalisation', 'rm_key', 'rm_dir',
+           'load_rm', 'rm_stage']
 
 # %% ../nbs/04_reward_model.ipynb #4667e44b
 @dataclass(frozen=True)
@@ -37,16 +37,18 @@ class RMStageConfig:
     with_persona: bool = False  # the persona line is identical in every prompt: no signal for the score, only cost
     norm_samples: int = 128  # SFT answers scored to fit the reward normalisation (mean 0, std 1)
     collapse_std: float = 1e-3  # fail when scores of unrelated inputs have a smaller standard deviation
+    max_steps: int = -1  # cap on optimizer steps (-1: the epochs decide)
     seed: int = 0  # data order and LoRA init
 
 RM_CONFIGS = {
     'tiny': RMStageConfig(lr=2e-3, epochs=3, lora_r=32, lora_alpha=64, norm_samples=96),
     'test': RMStageConfig(lr=3e-3, epochs=1, lora_r=32, lora_alpha=64, norm_samples=32),
+    'rehearsal': RMStageConfig(max_steps=4, norm_samples=8),  # the GPU path, a few steps
 }
 
 def rm_config(preset:Preset) -> RMStageConfig:
     "The reward-model hyper-parameters for `preset`."
-    return RM_CONFIGS.get(preset.tiny_size, RMStageConfig())
+    return RM_CONFIGS.get(preset.size, RMStageConfig())
 
 # %% ../nbs/04_reward_model.ipynb #65daa59e
 def rm_messages(prompt:str, project:ProjectConfig, cfg:RMStageConfig, context:str|None=None) -> list[dict]:
@@ -80,20 +82,6 @@ def tokenize_pairs(pairs:list[PairRecord], tokenizer, project:ProjectConfig, cfg
     return Dataset.from_list(rows)
 
 # %% ../nbs/04_reward_model.ipynb #21f82941
-def load_rm_base(preset:Preset, run_dir=None, policy:Policy|None=None):
-    "(1-label sequence classifier on `preset`'s base, tokenizer) with pad distinct from EOS."
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from dnf_rlhf.core import quantization_config, torch_dtype
-    policy = policy or device_policy(probe_hardware(), preset)
-    src = _base_source(preset, run_dir)
-    kw = {} if preset.is_tiny else dict(revision=preset.base.revision)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        *src, num_labels=1, dtype=torch_dtype(policy), quantization_config=quantization_config(policy),
-        device_map={'': policy.device} if policy.device == 'cuda' else None, **kw)
-    tok = AutoTokenizer.from_pretrained(*src, **kw)
-    ensure_pad_token(tok, model)
-    return model, prepare_tokenizer(tok)
-
 @torch.no_grad()
 def score_ids(model, tokenizer, ids_list:list[list[int]], batch_size:int=32, padding_side:str='right') -> torch.Tensor:
     "Reward of each token sequence (read at its last real token)."
@@ -116,12 +104,12 @@ def train_rm(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None, 
     cfg, shape = cfg or rm_config(preset), preset.rm
     policy = policy or device_policy(probe_hardware(), preset)
     set_seed(cfg.seed); t0 = time.time()
-    model, tok = load_rm_base(preset, run_dir, policy)
+    model, tok, base_info = load_pretrained(preset, run_dir, policy, head='score', project=project)
     model = peft_wrap(model, cfg, policy, preset.gradient_checkpointing, task_type='SEQ_CLS', modules_to_save=['score'])
     train_pairs, test_pairs = load_pairs(project, 'train'), load_pairs(project, 'test')
     args = RewardConfig(output_dir=str(out/'checkpoints'), per_device_train_batch_size=shape.batch_size,
                         per_device_eval_batch_size=shape.batch_size, gradient_accumulation_steps=shape.grad_accum,
-                        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, lr_scheduler_type='cosine',
+                        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type='cosine',
                         warmup_steps=cfg.warmup_ratio, logging_steps=10, save_strategy='epoch', save_total_limit=1,
                         report_to='none', seed=cfg.seed, max_length=shape.max_len,
                         center_rewards_coefficient=cfg.center_rewards_coefficient, dataloader_num_workers=0,
@@ -135,14 +123,15 @@ def train_rm(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None, 
     model = trainer.model
     model.save_pretrained(out/'adapter'); tok.save_pretrained(out/'adapter')
     save_json(out/'log_history.json', trainer.state.log_history)
-    metrics = {'rm/train_pairs': len(train_pairs), 'rm/test_pairs': len(test_pairs), 'rm/train_seconds': time.time() - t0}
+    metrics = {'rm/train_pairs': len(train_pairs), 'rm/test_pairs': len(test_pairs), 'rm/train_seconds': time.time() - t0,
+               'rm/gradient_checkpointing': bool(getattr(model, 'is_gradient_checkpointing', False))}
     metrics.update(rm_diagnostics(model, tok, train_pairs, test_pairs, project, cfg, out))
     norm = reward_normalisation(model, tok, preset, project, cfg, run_dir) if normalise else None
     if norm: metrics.update({'rm/norm_mean': norm['mean'], 'rm/norm_std': norm['std']})
     shutil.rmtree(out/'checkpoints', ignore_errors=True)
     write_metrics(out, metrics)
     write_manifest(out, 'rm', preset, cfg, inputs={'pairs_train': project.datasets_path()/'pairs_train.jsonl'},
-                   reward_norm=norm)
+                   reward_norm=norm, base=base_info)
     return metrics
 
 # %% ../nbs/04_reward_model.ipynb #c2c76293
@@ -226,11 +215,9 @@ def rm_dir(preset:Preset, run_dir=None, project:ProjectConfig|None=None) -> Path
 
 def load_rm(preset:Preset, run_dir=None, project:ProjectConfig|None=None, policy:Policy|None=None):
     "(reward model with its adapter and score head, tokenizer, normalisation {'mean','std'})."
-    from peft import PeftModel
     d = rm_dir(preset, run_dir, project)
-    base, tok = load_rm_base(preset, run_dir, policy)
-    model = PeftModel.from_pretrained(base, d/'adapter')
-    return model.eval(), tok, load_json(d/MANIFEST)['reward_norm']
+    model, tok, _ = load_pretrained(preset, run_dir, policy, head='score', adapter=d/'adapter', project=project)
+    return model, tok, load_json(d/MANIFEST)['reward_norm']
 
 # %% ../nbs/04_reward_model.ipynb #99139187
 def rm_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:

@@ -76,19 +76,14 @@ def is_hateful(text:str) -> bool:
 
 # %% ../nbs/07_serving.ipynb #6e1f12a2
 def load_model_dir(path, preset:Preset, project:ProjectConfig|None=None):
-    "(model, tokenizer) from a LoRA adapter folder (its base is named inside) or a merged model folder."
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from dnf_rlhf.tinybase import ensure_pad_token
-    path, policy = Path(path), device_policy(probe_hardware(), preset)
-    kw = dict(dtype=torch_dtype(policy), device_map={'': policy.device} if policy.device == 'cuda' else None)
+    "(model, tokenizer) from a LoRA adapter folder (on the base it names when that folder exists, else the preset's) or a merged model folder; quantized and placed as the preset says."
+    from dnf_rlhf.models import load_pretrained
+    path = Path(path)
     if (path/'adapter_config.json').exists():
-        from peft import AutoPeftModelForCausalLM
-        model = AutoPeftModelForCausalLM.from_pretrained(path, **kw)
-    elif (path/'config.json').exists(): model = AutoModelForCausalLM.from_pretrained(path, **kw)
-    else: raise FileNotFoundError(f"{path}: neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
-    tok = AutoTokenizer.from_pretrained(path)
-    ensure_pad_token(tok, model)
-    return model, prepare_tokenizer(tok, project)
+        base = load_json(path/'adapter_config.json').get('base_model_name_or_path')
+        return load_pretrained(preset, source=base if base and Path(base).is_dir() else None, adapter=path, project=project)[:2]
+    if (path/'config.json').exists(): return load_pretrained(preset, source=path, project=project)[:2]
+    raise FileNotFoundError(f"{path}: neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
 
 def load_chat_model(preset:Preset, run_dir=None, project:ProjectConfig|None=None, model_path=None) -> tuple[Any, Any, str]:
     "(model, tokenizer, what): `model_path`, else the run's PPO model, else the SFT model (built on tiny when absent)."
@@ -483,7 +478,7 @@ class BackgroundServer:
 def serve_main(argv:list[str]|None=None) -> int:
     "Command line `dnf-rlhf serve`: load the chat model and the index, then serve until interrupted."
     ap = argparse.ArgumentParser(prog='dnf-rlhf serve', description='OpenAI 호환 챗봇 서버 / OpenAI-compatible chat server')
-    ap.add_argument('--preset', default=None, help=f"one of {sorted(PRESETS)} (default: the one `doctor` suggests)")
+    add_preset_args(ap)
     ap.add_argument('--run', default=None, help='run folder (its ppo/ or sft/ model and rag/index are used when present)')
     ap.add_argument('--project', default=None, help='project config (.toml or .json): corpus and persona')
     ap.add_argument('--model', default=None, help='a LoRA adapter folder or a merged model folder to serve instead')
@@ -496,7 +491,7 @@ def serve_main(argv:list[str]|None=None) -> int:
     from dnf_rlhf.lore import load_corpus, chunk_corpus
     from dnf_rlhf.rag import open_index, index_config_for, default_index_dir
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
-    preset = get_preset(a.preset or suggest_preset(probe_hardware()))
+    preset = preset_from_args(a)
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
     cfg = ServeConfig(host=a.host, port=a.port, workers=a.workers, queue_size=a.queue, max_tokens_limit=a.max_tokens_limit,
                       retrieval=not a.no_retrieval, persona=project.persona, fit_tokens=preset.sft.max_len)

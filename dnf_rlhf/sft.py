@@ -13,13 +13,13 @@ from pathlib import Path
 from .core import *
 from .formats import SFTRecord, PPORecord, read_jsonl, write_jsonl
 from .chat import build_messages, encode_example, generate_answers, is_haeyo, prepare_tokenizer
-from .tinybase import load_base
+from .models import load_pretrained, lora_targets, base_key
 
 # %% auto #0
-__all__ = ['SFT_CONFIGS', 'LORA_TARGETS', 'SFTStageConfig', 'sft_config', 'lora_targets', 'lora_config', 'load_sft_splits',
-           'sft_persona', 'sft_messages', 'tokenize_records', 'last_checkpoint', 'trainer_precision', 'peft_wrap',
-           'keep_4bit_trainable_on_cpu', 'train_sft', 'heldout_generation_metrics', 'write_model_card', 'merge_adapter',
-           'sft_key', 'sft_dir', 'load_sft', 'sft_stage']
+__all__ = ['SFT_CONFIGS', 'SFTStageConfig', 'sft_config', 'lora_config', 'load_sft_splits', 'sft_persona', 'sft_messages',
+           'tokenize_records', 'last_checkpoint', 'trainer_precision', 'peft_wrap', 'keep_4bit_trainable_on_cpu',
+           'train_sft', 'heldout_generation_metrics', 'write_model_card', 'merge_adapter', 'sft_key', 'sft_dir',
+           'load_sft', 'sft_stage']
 
 # %% ../nbs/03_sft.ipynb #07eeb5f5
 @dataclass(frozen=True)
@@ -39,31 +39,22 @@ class SFTStageConfig:
     max_new_tokens: int = 128  # generation length for the held-out check
     merge: bool = False  # also write a merged full-precision model for export and serving
     group_by_length: bool = True  # batches of similar length: `tiny` examples average ~90 tokens, a random batch of 16 pads to ~250
+    max_steps: int = -1  # cap on optimizer steps (-1: the epochs decide)
+    heldout_prompts: int|None = None  # held-out prompts answered after training (None: all)
     seed: int = 0  # data order, LoRA init, sampling
 
 SFT_CONFIGS = {  # per model size; hub presets use the default
     'tiny': SFTStageConfig(lr=2e-3, epochs=6, eval_steps=40, lora_r=32, lora_alpha=64),
     'test': SFTStageConfig(lr=3e-3, epochs=3, eval_steps=25, lora_r=32, lora_alpha=64, max_new_tokens=48,
                            group_by_length=False),  # in 150 steps grouped batches cut the eval-loss drop from 18 % to 14 %
+    'rehearsal': SFTStageConfig(max_steps=4, eval_steps=2, max_new_tokens=16, heldout_prompts=8),  # the GPU path, a few steps
 }
 
 def sft_config(preset:Preset) -> SFTStageConfig:
     "The SFT hyper-parameters for `preset`."
-    return SFT_CONFIGS.get(preset.tiny_size, SFTStageConfig())
+    return SFT_CONFIGS.get(preset.size, SFTStageConfig())
 
 # %% ../nbs/03_sft.ipynb #f7c9a1e0
-LORA_TARGETS = {
-    'gpt_neox': ['query_key_value', 'dense', 'dense_h_to_4h', 'dense_4h_to_h'],
-    'llama': ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'],
-}
-for _a in ('mistral', 'qwen2', 'qwen3', 'gemma', 'gemma2'): LORA_TARGETS[_a] = LORA_TARGETS['llama']
-
-def lora_targets(model) -> list[str]:
-    "LoRA target module names for `model`'s architecture."
-    mt = model.config.model_type
-    if mt not in LORA_TARGETS: raise ValueError(f"no LoRA targets known for model_type {mt!r}; add it to LORA_TARGETS")
-    return LORA_TARGETS[mt]
-
 def lora_config(cfg:SFTStageConfig, model, task_type:str='CAUSAL_LM', **kw):
     "A PEFT `LoraConfig` for `model` from `cfg`."
     from peft import LoraConfig
@@ -120,7 +111,7 @@ def keep_4bit_trainable_on_cpu(model):
 
 # %% ../nbs/03_sft.ipynb #90389d50
 def train_sft(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None, cfg:SFTStageConfig|None=None,
-              policy:Policy|None=None, callbacks=(), max_steps:int=-1, limit:int|None=None) -> dict:
+              policy:Policy|None=None, callbacks=(), limit:int|None=None) -> dict:
     "Fine-tune `preset`'s base on the SFT data into `out` (adapter, tokenizer, manifest, metrics, model card); `limit` caps every split (tests)."
     from trl import SFTTrainer, SFTConfig
     from transformers import EarlyStoppingCallback
@@ -130,8 +121,7 @@ def train_sft(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None,
     set_seed(cfg.seed)
     t0 = time.time()
     # 1-2. base (4-bit on CUDA) + LoRA
-    model, tok, base_info = load_base(preset, run_dir, policy)
-    prepare_tokenizer(tok, project)
+    model, tok, base_info = load_pretrained(preset, run_dir, policy, project=project)
     model = peft_wrap(model, cfg, policy, preset.gradient_checkpointing)
     # 3. data
     splits = {k: v[:limit] for k, v in load_sft_splits(project, cfg.val_frac).items()}
@@ -140,7 +130,7 @@ def train_sft(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None,
     args = SFTConfig(
         output_dir=str(out/'checkpoints'), per_device_train_batch_size=shape.batch_size,
         per_device_eval_batch_size=shape.batch_size, gradient_accumulation_steps=shape.grad_accum,
-        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=max_steps, lr_scheduler_type='cosine',
+        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type='cosine',
         warmup_steps=cfg.warmup_ratio, weight_decay=cfg.weight_decay, logging_steps=5,
         eval_strategy='steps', eval_steps=cfg.eval_steps, save_strategy='steps',
         save_steps=cfg.eval_steps, save_total_limit=2, load_best_model_at_end=True, metric_for_best_model='eval_loss',
@@ -166,7 +156,8 @@ def train_sft(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None,
                'sft/train_examples': len(train_ds), 'sft/skipped_too_long': skipped, 'sft/resumed': bool(resume),
                'sft/train_seconds': time.time() - t0}
     save_json(out/'log_history.json', trainer.state.log_history)
-    metrics.update(heldout_generation_metrics(model, tok, splits['test'], project, cfg, out/'samples.jsonl'))
+    metrics['sft/gradient_checkpointing'] = bool(getattr(model, 'is_gradient_checkpointing', False))
+    metrics.update(heldout_generation_metrics(model, tok, splits['test'][:cfg.heldout_prompts], project, cfg, out/'samples.jsonl'))
     _plot_sft(trainer.state.log_history, out/'loss.png')
     if cfg.merge: merge_adapter(out, preset, run_dir)
     shutil.rmtree(out/'checkpoints', ignore_errors=True)
@@ -223,34 +214,25 @@ general assistant.
 
 def merge_adapter(out, preset:Preset, run_dir=None):
     "Merge `out/adapter` into a full-precision copy of the base (never into 4-bit weights) at `out/merged`."
-    from peft import PeftModel
-    pol = device_policy(probe_hardware(), replace(preset, quantization=None))
-    base, tok, _ = load_base(replace(preset, quantization=None), run_dir, pol)
-    merged = PeftModel.from_pretrained(base, Path(out)/'adapter').merge_and_unload()
+    full = replace(preset, quantization=None)
+    model, tok, _ = load_pretrained(full, run_dir, device_policy(probe_hardware(), full), adapter=Path(out)/'adapter')
+    merged = model.merge_and_unload()
     merged.save_pretrained(Path(out)/'merged'); tok.save_pretrained(Path(out)/'merged')
 
 # %% ../nbs/03_sft.ipynb #6e1d5eaf
 def sft_key(preset:Preset, project:ProjectConfig) -> str:
     "Cache key of the tiny SFT artifact: configs, data, base and code."
-    from dnf_rlhf.tinybase import tiny_base_key
     return config_hash(preset, sft_config(preset), project, file_hash(project.datasets_path()/'sft_train.jsonl'),
-                       tiny_base_key(preset.tiny_size) if preset.is_tiny else preset.base, file_hash(package_dir()/'sft.py'),
-                       file_hash(package_dir()/'chat.py'))
+                       base_key(preset), *(file_hash(package_dir()/f) for f in ('sft.py', 'chat.py', 'models.py')))
 
 def sft_dir(preset:Preset, run_dir=None, project:ProjectConfig|None=None) -> Path:
     "Folder of the SFT artifact for `preset` (run folder, else the tiny cache, else an error naming this notebook)."
     project = project or ProjectConfig()
     return require_stage(run_dir, 'sft', preset, lambda out: train_sft(out, preset, project), key=sft_key(preset, project))
 
-def load_sft(preset:Preset, run_dir=None, project:ProjectConfig|None=None, policy:Policy|None=None, trainable:bool=False):
-    "(base model carrying the SFT LoRA adapter, tokenizer with the chat template)."
-    from peft import PeftModel
-    d = sft_dir(preset, run_dir, project)
-    base, _, _ = load_base(preset, run_dir, policy)
-    model = PeftModel.from_pretrained(base, d/'adapter', is_trainable=trainable)
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(d/'adapter')
-    return model, tok
+def load_sft(preset:Preset, run_dir=None, project:ProjectConfig|None=None, policy:Policy|None=None):
+    "(base model carrying the SFT LoRA adapter, tokenizer with the chat template), for inference."
+    return load_pretrained(preset, run_dir, policy, adapter=sft_dir(preset, run_dir, project)/'adapter', project=project)[:2]
 
 # %% ../nbs/03_sft.ipynb #1e251a93
 def sft_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:

@@ -19,7 +19,7 @@ from .formats import held_out_docs, read_jsonl, DNF_TEST_DOCS
 # %% auto #0
 __all__ = ['TINY_SIZES', 'SPECIAL_TOKENS', 'PAD_CANDIDATES', 'TinyBaseConfig', 'base_corpus', 'train_tokenizer', 'pack',
            'unigram_loss', 'make_model', 'lm_loss', 'lr_at', 'train_base', 'build_tiny_base', 'tiny_base_key',
-           'tiny_base_path', 'ensure_pad_token', 'load_tokenizer', 'load_base', 'continue_text', 'tinybase_stage']
+           'tiny_base_path', 'ensure_pad_token', 'continue_text', 'tinybase_stage']
 
 # %% ../nbs/01a_tiny_base.ipynb #0d6229a7
 @dataclass(frozen=True)
@@ -69,20 +69,22 @@ def base_corpus(cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None) -> tuple[lis
     return train, held, heldout
 
 # %% ../nbs/01a_tiny_base.ipynb #21bc874c
-def train_tokenizer(texts:list[str], cfg:TinyBaseConfig):
-    "A byte-level BPE `PreTrainedTokenizerFast` with distinct EOS and pad tokens."
+def train_tokenizer(texts:list[str], cfg:TinyBaseConfig, eos:str=SPECIAL_TOKENS['eos'], pad:str|None=SPECIAL_TOKENS['pad'],
+                    bos:str|None=None, extra:tuple=()):
+    "A byte-level BPE `PreTrainedTokenizerFast` of `cfg.vocab_size` tokens: `eos`, `pad` (None: no pad, like many hub models), `bos` (None: EOS), `extra` special tokens."
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders, trainers
     from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=2, show_progress=False,
-                                  special_tokens=list(SPECIAL_TOKENS.values()),
+    special = list(dict.fromkeys(t for t in (eos, pad, bos, *extra) if t))  # each once, EOS first
+    trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=2, show_progress=False, special_tokens=special,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=SPECIAL_TOKENS['eos'], bos_token=SPECIAL_TOKENS['eos'],
-                                   pad_token=SPECIAL_TOKENS['pad'], model_max_length=cfg.context, padding_side='right')
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, bos_token=bos or eos, pad_token=pad,
+                                   additional_special_tokens=list(extra) or None, model_max_length=cfg.context,
+                                   padding_side='right')
 
 # %% ../nbs/01a_tiny_base.ipynb #67859d39
 def pack(texts:list[str], tokenizer, seq_len:int) -> torch.Tensor:
@@ -202,53 +204,19 @@ PAD_CANDIDATES = ('<|padding|>', '<pad>', '[PAD]', '<|pad|>', '<unk>')
 def ensure_pad_token(tokenizer, model=None, candidates=PAD_CANDIDATES) -> dict:
     "Give `tokenizer` a pad token distinct from EOS (reusing an unused special token, else adding one); resize `model`."
     info = dict(pad_token=tokenizer.pad_token, added=False, resized_embeddings=False)
-    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id: return info
-    vocab = tokenizer.get_vocab()
-    reuse = next((t for t in candidates if t in vocab and vocab[t] != tokenizer.eos_token_id), None)
-    if reuse: tokenizer.pad_token = reuse
-    else:
-        tokenizer.add_special_tokens({'pad_token': '<|pad|>'}); info['added'] = True
-        if model is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        vocab = tokenizer.get_vocab()
+        reuse = next((t for t in candidates if t in vocab and vocab[t] != tokenizer.eos_token_id), None)
+        if reuse: tokenizer.pad_token = reuse
+        else: tokenizer.add_special_tokens({'pad_token': '<|pad|>'}); info['added'] = True
+    if model is not None:  # also when a saved tokenizer (an adapter's) already carries the added pad: the base must grow too
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             model.resize_token_embeddings(len(tokenizer)); info['resized_embeddings'] = True
-    if model is not None: model.config.pad_token_id = model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, 'generation_config', None) is not None: model.generation_config.pad_token_id = tokenizer.pad_token_id
     info['pad_token'] = tokenizer.pad_token
     assert tokenizer.pad_token_id != tokenizer.eos_token_id, 'pad must differ from EOS'
     return info
-
-# %% ../nbs/01a_tiny_base.ipynb #e70f372d
-def load_tokenizer(preset:Preset, run_dir=None):
-    "The base tokenizer of `preset` with a pad token distinct from EOS."
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(*_base_source(preset, run_dir))
-    ensure_pad_token(tok)
-    return tok
-
-def _base_source(preset:Preset, run_dir=None) -> tuple:
-    "(path or hub id,) plus revision kwargs for `from_pretrained`."
-    if preset.is_tiny:
-        d = Path(run_dir)/'tinybase' if run_dir is not None else None
-        path = d/'model' if d is not None and stage_done(d) else tiny_base_path(preset.tiny_size)/'model'
-        return (str(path),)
-    return (preset.base.name,)
-
-def load_base(preset:Preset, run_dir=None, policy:Policy|None=None, for_training:bool=True):
-    "(model, tokenizer, info) of `preset`'s base: the hub model at its pinned revision, or the tiny base."
-    from transformers import AutoModelForCausalLM
-    policy = policy or device_policy(probe_hardware(), preset)
-    src = _base_source(preset, run_dir)
-    kw = {} if preset.is_tiny else dict(revision=preset.base.revision)
-    q = quantization_config(policy)
-    model = AutoModelForCausalLM.from_pretrained(*src, dtype=torch_dtype(policy), quantization_config=q,
-                                                 device_map={'': policy.device} if policy.device == 'cuda' else None, **kw)
-    if policy.device == 'xla':
-        import torch_xla.core.xla_model as xm
-        model = model.to(xm.xla_device())
-    elif policy.device == 'mps': model = model.to('mps')
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(*src, **kw)
-    info = ensure_pad_token(tok, model)
-    info.update(source=src[0], revision=kw.get('revision'), dtype=policy.dtype, quantization=policy.quantization)
-    return model, tok, info
 
 # %% ../nbs/01a_tiny_base.ipynb #a328d2ac
 @torch.no_grad()
@@ -265,9 +233,9 @@ def continue_text(model, tokenizer, prompts:list[str], max_new_tokens:int=48, se
 
 # %% ../nbs/01a_tiny_base.ipynb #f4fbc5e4
 def tinybase_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:
-    "Pipeline stage: the base model of `preset` into `run_dir/tinybase/` (tiny) or a record of the hub id."
+    "Pipeline stage: the project's own base model into `run_dir/tinybase/`, or a record of the other base (hub id or folder)."
     with stage_output(run_dir, 'tinybase') as out:
-        if preset.is_tiny:
+        if preset.own_base:
             src = tiny_base_path(preset.tiny_size)
             if (out/'model').exists(): shutil.rmtree(out/'model')
             shutil.copytree(src/'model', out/'model')
@@ -275,5 +243,5 @@ def tinybase_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> d
             metrics = load_json(src/METRICS)
         else: metrics = {'base/hub_id': preset.base.name, 'base/revision': preset.base.revision}
         write_metrics(out, metrics)
-        write_manifest(out, 'tinybase', preset, TINY_SIZES.get(preset.tiny_size) if preset.is_tiny else preset.base)
+        write_manifest(out, 'tinybase', preset, TINY_SIZES[preset.tiny_size] if preset.own_base else preset.base)
     return metrics

@@ -112,8 +112,8 @@ def test_tiny_embedder_is_deterministic_and_never_sees_questions(tmp_path, chunk
     assert not questions & {q for q, _, _ in ict_pairs(chunks)}  # training queries are corpus sentences only
 
 def test_context_fits_the_token_budget(hybrid):
-    from dnf_rlhf.tinybase import load_tokenizer
-    tok = load_tokenizer(get_preset('test'))
+    from dnf_rlhf.models import load_pretrained
+    tok = load_pretrained(get_preset('test'))[1]
     hits = hybrid.search('머크우드는 어떤 곳인가요?', k=3)
     full, ids = build_context(hits)
     assert ids == [h.id for h in hits]

@@ -24,7 +24,7 @@ def small(preset='test'):
 
 def test_qlora_4bit_steps_on_cpu(tmp_path):
     nf4 = replace(get_preset('test'), quantization='nf4')
-    m = train_sft(tmp_path, nf4, cfg=small(), max_steps=3, limit=24)
+    m = train_sft(tmp_path, nf4, cfg=replace(small(), max_steps=3), limit=24)
     assert m['sft/steps'] == 3
     assert m['sft/eval_loss_start'] > 0 and m['sft/eval_loss_end'] > 0  # evaluation and training alternate on 4-bit CPU
     man = load_json(tmp_path/'manifest.json')
@@ -35,10 +35,10 @@ def test_qlora_4bit_steps_on_cpu(tmp_path):
 def test_resume_after_disconnect(tmp_path):
     cfg = small()
     with pytest.raises(ConnectionError):
-        train_sft(tmp_path, get_preset('test'), cfg=cfg, max_steps=6, limit=48, callbacks=[Disconnect(4)])
+        train_sft(tmp_path, get_preset('test'), cfg=replace(cfg, max_steps=6), limit=48, callbacks=[Disconnect(4)])
     assert (tmp_path/'checkpoints'/'checkpoint-4').exists()  # checkpoints every eval_steps=2
     steps = Steps()
-    m = train_sft(tmp_path, get_preset('test'), cfg=cfg, max_steps=6, limit=48, callbacks=[steps])
+    m = train_sft(tmp_path, get_preset('test'), cfg=replace(cfg, max_steps=6), limit=48, callbacks=[steps])
     assert m['sft/resumed'] and m['sft/steps'] == 6
     assert steps.seen == [5, 6]  # the second run continued from checkpoint-4 instead of starting over
 
