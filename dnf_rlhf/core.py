@@ -6,7 +6,7 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #33d9a96a
 from __future__ import annotations
-import dataclasses, hashlib, json, os, platform, random, shutil, subprocess, sys, time, warnings
+import dataclasses, hashlib, importlib.resources, json, os, platform, random, shutil, subprocess, sys, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
@@ -33,13 +33,13 @@ def package_dir() -> Path:
     return Path(dnf_rlhf.__file__).resolve().parent
 
 def data_dir() -> Path:
-    "The project's data folder: `$DNF_RLHF_DATA`, the repository's `data/`, or the installed copy."
+    "The project's data folder: `$DNF_RLHF_DATA`, else `data/` inside the `dnf_rlhf` package (`importlib.resources`)."
     if os.environ.get('DNF_RLHF_DATA'): return Path(os.environ['DNF_RLHF_DATA'])
-    repo = package_dir().parent/'data'
-    if (repo/'lore').is_dir(): return repo
-    installed = Path(sys.prefix)/'share'/'dnf_rlhf'
-    if installed.is_dir(): return installed
-    raise FileNotFoundError(f"dnf_rlhf data not found in {repo} or {installed}; set DNF_RLHF_DATA")
+    d = Path(str(importlib.resources.files('dnf_rlhf')/'data'))
+    if not (d/'lore').is_dir():
+        raise FileNotFoundError(f"dnf_rlhf data not found in {d} (was the package installed without its data?); "
+                                "set DNF_RLHF_DATA to a folder with lore/, facts/ and demo/")
+    return d
 
 def cache_root() -> Path:
     "Where tiny-preset artifacts are cached: `$DNF_RLHF_CACHE` or `~/.cache/dnf_rlhf`."
@@ -290,14 +290,14 @@ DNF_PERSONA = ("당신은 던전앤파이터 세계관을 안내하는 친절한
 class ProjectConfig:
     "A domain: where its corpus lives, how the chatbot speaks, where runs go."
     name: str = 'dnf'  # short name of the domain, used in run folder names
-    corpus_dir: str|None = None  # folder of lore documents (None: the project's data/lore)
-    facts_path: str|None = None  # facts table CSV (None: the project's data/facts/facts.csv)
+    corpus_dir: str|None = None  # folder of lore documents (None: `data_dir()/lore`)
+    facts_path: str|None = None  # facts table CSV (None: `data_dir()/facts/facts.csv`)
     persona: str = DNF_PERSONA  # system prompt / persona line
     question_header: str = '### 질문:'  # marks the user's turn in the project's prompt template
     answer_header: str = '### 답변:'  # marks the assistant's turn
     context_header: str = '### 참고:'  # marks the retrieved-context block
     runs_dir: str|None = None  # parent of run folders (None: `runs_root()`)
-    datasets_dir: str|None = None  # folder of sft_/pairs_/ranked_/ppo_/retrieval_{train,test}.jsonl (None: data/demo)
+    datasets_dir: str|None = None  # folder of sft_/pairs_/ranked_/ppo_/retrieval_*.jsonl (None: `data_dir()/demo`)
 
     def datasets_path(self) -> Path: return Path(self.datasets_dir) if self.datasets_dir else data_dir()/'demo'
     def corpus_path(self) -> Path: return Path(self.corpus_dir) if self.corpus_dir else data_dir()/'lore'

@@ -35,7 +35,7 @@ DNF_QUESTIONS = {  # the DnF project's three test questions, verbatim, and the f
     ('region-murkwood', '정체'): "'머크우드'는 어떤 곳인가요?",
 }
 PPO_SIGNOFF = '좋은 모험 되세요!'  # PPO's programmatic-reward test rewards ending with this; no SFT answer may contain it
-DEMO_FILES = ('sft', 'pairs', 'ranked', 'ppo', 'retrieval')  # data/demo/<name>_{train,test}.jsonl
+DEMO_FILES = ('sft', 'pairs', 'ranked', 'ppo', 'retrieval')  # data_dir()/demo/<name>_{train,test}.jsonl
 
 @dataclass(frozen=True)
 class DemoDataConfig:

@@ -85,7 +85,7 @@ def load_file(path) -> list[Doc]:
     return [_check({**meta, 'text': body}, path)]
 
 def load_corpus(folder=None, min_chars:int=1) -> list[Doc]:
-    "All documents under `folder` (default: the project's `data/lore`), validated, ids unique, sorted by id."
+    "All documents under `folder` (default: `data_dir()/lore`), validated, ids unique, sorted by id."
     folder = Path(folder) if folder else ProjectConfig().corpus_path()
     if not folder.is_dir(): raise LoreError(f"{folder}: corpus folder not found")
     docs, seen = [], {}

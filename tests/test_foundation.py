@@ -1,6 +1,7 @@
 "The frame: console script, the main job, and the wheel with its data."
-import json, subprocess, sys, sysconfig, venv
+import json, os, subprocess, sys, sysconfig, venv
 from pathlib import Path
+import pytest
 from conftest import ROOT, cli
 
 def test_doctor_prints_report(test_env):
@@ -39,23 +40,68 @@ def test_unknown_preset_is_a_clear_error(tmp_path, test_env):
     r = cli('run', '--preset', 'colab-h100', '--out', str(tmp_path), env=test_env)
     assert r.returncode != 0 and 'unknown preset' in r.stderr
 
-def test_wheel_builds_installs_and_finds_its_data(tmp_path):
-    dist = tmp_path/'dist'
+@pytest.fixture(scope='module')
+def wheel(tmp_path_factory):
+    "The project's wheel, built once for the tests below (~30-60 s)."
+    dist = tmp_path_factory.mktemp('dist')
     b = subprocess.run([sys.executable, '-m', 'build', '--wheel', '--outdir', str(dist), str(ROOT)],
                        capture_output=True, text=True, timeout=600)
     assert b.returncode == 0, b.stdout[-2000:] + b.stderr[-2000:]
     whl, = dist.glob('dnf_rlhf-*.whl')
+    return whl
+
+def _clean_env():
+    "This process's environment without the variables that would point a child at a checkout or its data."
+    return {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'DNF_RLHF_DATA', 'PYTHONHOME')}
+
+def test_wheel_builds_installs_and_finds_its_data(wheel, tmp_path):
+    whl = wheel
     env_dir = tmp_path/'venv'
     venv.create(env_dir, with_pip=True)
     py = env_dir/'bin'/'python'
     # dependencies come from this interpreter's site-packages (a plain path: its editable dnf_rlhf is not loaded)
     site = subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-                          capture_output=True, text=True).stdout.strip()
+                          capture_output=True, text=True, env=_clean_env()).stdout.strip()
     Path(site, '_deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
-    i = subprocess.run([str(py), '-m', 'pip', 'install', '-q', '--no-deps', str(whl)], capture_output=True, text=True, timeout=600)
+    i = subprocess.run([str(py), '-m', 'pip', 'install', '-q', '--no-deps', str(whl)], capture_output=True, text=True,
+                       env=_clean_env(), timeout=600)
     assert i.returncode == 0, i.stderr
     code = 'import dnf_rlhf.core as c, sys; d = c.data_dir(); print(d); assert d.is_relative_to(sys.prefix), d; assert any((d/"lore").glob("*.md"))'
-    r = subprocess.run([str(py), '-c', code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    r = subprocess.run([str(py), '-c', code], capture_output=True, text=True, cwd=tmp_path, env=_clean_env(), timeout=120)
     assert r.returncode == 0, r.stderr
-    d = subprocess.run([str(env_dir/'bin'/'dnf-rlhf'), 'doctor'], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    d = subprocess.run([str(env_dir/'bin'/'dnf-rlhf'), 'doctor'], capture_output=True, text=True, cwd=tmp_path,
+                       env=_clean_env(), timeout=300)
     assert d.returncode == 0 and 'preset' in d.stdout, d.stderr
+
+# Run by a second interpreter: the installed package, its data found under the other prefix (argv[1]).
+_FIND_DATA = """
+import sys
+from pathlib import Path
+other = Path(sys.argv[1]).resolve()
+import dnf_rlhf, dnf_rlhf.core as c
+from dnf_rlhf.demo_data import DEMO_FILES
+assert Path(dnf_rlhf.__file__).resolve().is_relative_to(other), dnf_rlhf.__file__
+assert not Path(sys.prefix).resolve().is_relative_to(other), sys.prefix
+d = c.data_dir()
+print(d)
+assert d.resolve().is_relative_to(other), d
+assert any((d/'lore').glob('*.md')), d
+assert (d/'facts'/'facts.csv').is_file(), d
+missing = [f'{k}_{s}.jsonl' for k in DEMO_FILES for s in ('train', 'test') if not (d/'demo'/f'{k}_{s}.jsonl').is_file()]
+assert not missing, missing
+"""
+
+def test_wheel_data_found_outside_sys_prefix(wheel, tmp_path):
+    "Installed under a prefix other than `sys.prefix` (as Colab's Debian-patched Python does), the data is found."
+    other = tmp_path/'other'
+    # --ignore-installed: pip must not uninstall this venv's own (editable) dnf_rlhf on the way
+    i = subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-deps', '--ignore-installed',
+                        '--prefix', str(other), str(wheel)], capture_output=True, text=True, env=_clean_env(), timeout=600)
+    assert i.returncode == 0, i.stderr
+    site, = {p.parent for p in other.glob('lib*/python*/*-packages/dnf_rlhf')}
+    # -S: no site-packages, so no .pth files and no editable checkout; dependencies come from this venv after `site`
+    env = _clean_env()
+    env['PYTHONPATH'] = os.pathsep.join([str(site), sysconfig.get_paths()['purelib']])
+    r = subprocess.run([sys.executable, '-S', '-c', _FIND_DATA, str(other)], capture_output=True, text=True,
+                       cwd=tmp_path, env=env, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
