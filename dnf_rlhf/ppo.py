@@ -350,9 +350,10 @@ def _rm_adapter_parts(rm_adapter) -> tuple[dict, torch.Tensor, object]:
     if RM_SCORE_KEY not in sd: raise KeyError(f"{rm_adapter}: no {RM_SCORE_KEY} (was the RM trained with modules_to_save=['score']?)")
     return sd, sd.pop(RM_SCORE_KEY), LoraConfig.from_pretrained(str(rm_adapter))
 
-def _value_head(hidden:int, score_w:torch.Tensor, value_init:str) -> nn.Linear:
+def _value_head(hidden:int, score_w:torch.Tensor, value_init:str, device) -> nn.Linear:
+    "The value head (fp32) on `device`: zero, or the reward model's score weights; bias 0."
     if value_init not in ('zero', 'rm'): raise ValueError(f"value_init must be 'zero' or 'rm', not {value_init!r}")
-    head = nn.Linear(hidden, 1)
+    head = nn.Linear(hidden, 1, device=device)
     with torch.no_grad():
         head.bias.zero_()
         head.weight.copy_(score_w.float() if value_init == 'rm' else torch.zeros_like(head.weight))
@@ -382,16 +383,17 @@ def build_layout(kind:str, load_model, sft_adapter, rm_adapter, value_init:str='
         res = set_peft_model_state_dict(pm, rm_sd, adapter_name='reward')
         missing = [k for k in res.missing_keys if '.reward.' in k]
         if missing or res.unexpected_keys: raise ValueError(f"{rm_adapter}: RM adapter does not fit the base: {(missing + res.unexpected_keys)[:3]}")
-        hidden = base.config.hidden_size
-        score = nn.Linear(hidden, 1, bias=False)
+        hidden, dev = base.config.hidden_size, base.device  # the heads read hidden states where the base puts them
+        score = nn.Linear(hidden, 1, bias=False, device=dev)
         with torch.no_grad(): score.weight.copy_(score_w.float())
-        layout = SharedLayout(dropout_off(pm), score, _value_head(hidden, score_w, value_init))
+        layout = SharedLayout(dropout_off(pm), score, _value_head(hidden, score_w, value_init, dev))
     elif kind == 'separate':
         policy = PeftModel.from_pretrained(_prepare(load_model('causal'), gradient_checkpointing), str(sft_adapter), is_trainable=True)
         ref = PeftModel.from_pretrained(load_model('causal'), str(sft_adapter)).eval()
         reward = PeftModel.from_pretrained(load_model('seq_cls'), str(rm_adapter)).eval()
         value = _prepare(load_model('value'), gradient_checkpointing)
-        with torch.no_grad(): value.score.weight.copy_(_value_head(score_w.shape[1], score_w, value_init).weight)
+        w = value.score.weight
+        with torch.no_grad(): w.copy_(_value_head(score_w.shape[1], score_w, value_init, w.device).weight)
         layout = SeparateLayout(dropout_off(policy), dropout_off(ref), dropout_off(reward), value.requires_grad_(True))
     else: raise ValueError(f"layout must be 'shared' or 'separate', not {kind!r}")
     layout.policy_mode()
