@@ -26,15 +26,15 @@ from .reward import rm_dir, rm_config, rm_messages, rm_key, load_rm_base
 # %% auto #0
 __all__ = ['PPO_CONFIGS', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'logprobs_from_logits', 'masked_mean',
            'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController', 'ppo_losses',
-           'PPOStageConfig', 'ppo_config', 'cpu_threads', 'check_ppo_supported', 'position_ids_from_mask',
-           'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden', 'Layout', 'SharedLayout',
-           'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'policy_messages', 'encode_queries',
-           'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses', 'length_micro_batches',
-           'rollout', 'score_responses', 'lcs_len', 'signoff_reward', 'NonFiniteError', 'ppo_step', 'batch_indices',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning',
-           'heldout_ppo_records', 'mean_se', 'win_rate', 'answer_and_score', 'heldout_kl', 'before_after',
-           'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo', 'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage',
-           'ppo_main']
+           'PPOStageConfig', 'ppo_config', 'cpu_threads', 'kl_controller', 'check_ppo_supported',
+           'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden',
+           'Layout', 'SharedLayout', 'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'policy_messages',
+           'encode_queries', 'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses',
+           'length_micro_batches', 'rollout', 'score_responses', 'lcs_len', 'signoff_reward', 'NonFiniteError',
+           'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint', 'last_ppo_checkpoint',
+           'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se', 'win_rate', 'answer_and_score',
+           'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo', 'ppo_key', 'ppo_dir',
+           'load_ppo', 'ppo_stage', 'ppo_main']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
 def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0, with_entropy:bool=False):
@@ -166,6 +166,11 @@ def cpu_threads(n:int|None):
     if n: torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(prev)
+
+# %% ../nbs/05_ppo.ipynb #d74f740b
+def kl_controller(cfg:PPOStageConfig, shape:RolloutShape) -> AdaptiveKLController:
+    "The adaptive KL controller of a run with `cfg` on rollouts of `shape`."
+    return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
 
 # %% ../nbs/05_ppo.ipynb #4687e22e
 def check_ppo_supported(preset:Preset, policy:Policy|None=None):
@@ -817,7 +822,7 @@ def _train_ppo(out, preset, project, run_dir, cfg, policy, reward_fn, callbacks)
     opt = torch.optim.AdamW(list(layout.trainable().values()), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     updates = cfg.steps * cfg.ppo_epochs * math.ceil(shape.batch_size / shape.minibatch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / updates))
-    kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+    kl_ctl = kl_controller(cfg, shape)
     history, samples, start = [], [], 0
     if (cp := last_ppo_checkpoint(out)) is not None:
         ts = load_checkpoint(cp, layout, opt, sched, kl_ctl)
