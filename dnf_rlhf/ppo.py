@@ -138,7 +138,7 @@ class PPOStageConfig:
     temperature: float = 0.7  # sampling temperature; logprobs use the same temperature
     init_kl_coef: float = 0.05  # beta at step 0
     kl_target: float|None = 6.0  # target KL per response (nats) of the adaptive controller; None keeps beta fixed
-    kl_horizon: int = 10000  # responses over which the controller corrects the KL error
+    kl_horizon: int|None = None  # responses over which the controller corrects the KL error (None: a tenth of the run)
     missing_eos_penalty: float = -1.0  # score (normalised units) of a response cut off without EOS
     value_init: str = 'zero'  # value head: 'zero' (outputs 0 at start) or 'rm' (the reward model's score weights)
     checkpoint_every: int = 10  # steps between checkpoints (resume after a disconnect)
@@ -169,8 +169,9 @@ def cpu_threads(n:int|None):
 
 # %% ../nbs/05_ppo.ipynb #d74f740b
 def kl_controller(cfg:PPOStageConfig, shape:RolloutShape) -> AdaptiveKLController:
-    "The adaptive KL controller of a run with `cfg` on rollouts of `shape`."
-    return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+    "The run's KL controller: horizon `cfg.kl_horizon`, else a tenth of the run's responses (steps x batch size / 10)."
+    horizon = cfg.kl_horizon or max(1, cfg.steps * shape.batch_size // 10)  # 200 steps: 20 batches, like Ziegler's
+    return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, horizon)
 
 # %% ../nbs/05_ppo.ipynb #4687e22e
 def check_ppo_supported(preset:Preset, policy:Policy|None=None):
