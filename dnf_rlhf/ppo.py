@@ -604,7 +604,7 @@ def ppo_step(layout:Layout, tok, batch:dict, cfg:PPOStageConfig, shape:RolloutSh
                'ppo/lr': sched.get_last_lr()[0]}
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad: raise NonFiniteError(f"non-finite metrics {bad}")
-    return metrics, dict(ro, scores=scores, raw=raw)
+    return metrics, dict(ro, scores=scores, raw=raw, advantages=adv, returns=returns)  # (B,) scores, (B, R) the rest
 
 # %% ../nbs/05_ppo.ipynb #e0eba367
 def batch_indices(n:int, step:int, batch_size:int, seed:int) -> tuple[list[int], int]:
