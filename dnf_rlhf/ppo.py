@@ -105,19 +105,21 @@ class AdaptiveKLController:
 
 # %% ../nbs/05_ppo.ipynb #f367b25b
 def ppo_losses(logprobs, old_logprobs, advantages, vpred, old_values, returns, mask, cliprange:float=0.2,
-               cliprange_value:float=0.2) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    "(pg_loss, vf_loss, stats) of PPO's clipped objectives over the masked response tokens. All inputs (B, T)."
+               cliprange_value:float=0.2, denom=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    "(pg_loss, vf_loss, stats) of PPO's clipped objectives: sums over the masked tokens / `denom`. Inputs (B, T)."
+    denom = mask.sum().clamp_min(1) if denom is None else denom  # None: the mask's own tokens, a token mean
+    token_mean = lambda x: (x * mask).sum() / denom
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
     pg_losses = -advantages * ratio
     pg_losses2 = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
-    pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    pg_loss = token_mean(torch.max(pg_losses, pg_losses2))
     vpredclipped = old_values + torch.clamp(vpred - old_values, -cliprange_value, cliprange_value)
-    vf_loss = 0.5 * masked_mean(torch.max((vpred - returns) ** 2, (vpredclipped - returns) ** 2), mask)
+    vf_loss = 0.5 * token_mean(torch.max((vpred - returns) ** 2, (vpredclipped - returns) ** 2))
     with torch.no_grad():
-        stats = dict(clipfrac=masked_mean((pg_losses2 > pg_losses).float(), mask).item(),
-                     approxkl=(0.5 * masked_mean(log_ratio ** 2, mask)).item(),
-                     vf_clipfrac=masked_mean(((vpred - returns) ** 2 < (vpredclipped - returns) ** 2).float(), mask).item())
+        stats = dict(clipfrac=token_mean((pg_losses2 > pg_losses).float()).item(),
+                     approxkl=(0.5 * token_mean(log_ratio ** 2)).item(),
+                     vf_clipfrac=token_mean(((vpred - returns) ** 2 < (vpredclipped - returns) ** 2).float()).item())
     return pg_loss, vf_loss, stats
 
 # %% ../nbs/05_ppo.ipynb #cf16e1e2
@@ -575,24 +577,27 @@ def ppo_step(layout:Layout, tok, batch:dict, cfg:PPOStageConfig, shape:RolloutSh
     for _ in range(cfg.ppo_epochs):
         for mb in torch.randperm(B).split(shape.minibatch_size):
             opt.zero_grad(set_to_none=True)
+            n_tok, mb_stats = m[mb].sum(), {}  # the minibatch's real response tokens: each weighs the same
             for micro, w in length_micro_batches(mb, m.sum(1), cfg.micro_batch_size):  # the sum of gradients does not depend on order
                 pol = layout.policy_forward(ro['ids'][micro, :P + w], ro['mask'][micro, :P + w], w, cfg.temperature)  # each (b, w)
                 pg, vf, st = ppo_losses(pol['logprobs'], ro['logprobs'][micro, :w], adv[micro, :w], pol['values'].float(),
-                                        ro['values'][micro, :w], returns[micro, :w], m[micro, :w], cfg.cliprange, cfg.cliprange_value)
-                loss = (pg + cfg.vf_coef * vf) * len(micro) / len(mb)
+                                        ro['values'][micro, :w], returns[micro, :w], m[micro, :w], cfg.cliprange,
+                                        cfg.cliprange_value, denom=n_tok)  # this micro-batch's share of the token means
+                loss = pg + cfg.vf_coef * vf
                 if not torch.isfinite(loss): raise NonFiniteError(f"loss is {loss.item()} (pg {pg.item()}, vf {vf.item()})")
                 loss.backward()
-                stats.append(dict(pg_loss=pg.item(), vf_loss=vf.item(), **st))
+                for k, v in dict(pg_loss=pg.item(), vf_loss=vf.item(), **st).items():
+                    mb_stats[k] = mb_stats.get(k, 0.0) + v  # shares add up to the minibatch's means
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not torch.isfinite(gn): raise NonFiniteError(f"gradient norm is {gn.item()}")
             opt.step(); sched.step()
-            stats[-1]['grad_norm'] = gn.item()
+            stats.append(dict(mb_stats, grad_norm=gn.item()))  # per minibatch
     # 6. KL controller (on the mean KL per response) and metrics
     kl = (k1 * m).sum(1)  # (B,)
     kl_ctl_before = kl_ctl.value
     kl_ctl.update(kl.mean().item(), B)
     var_ret = masked_var(returns, m)
-    mean = lambda k: float(np.mean([s[k] for s in stats if k in s]))
+    mean = lambda k: float(np.mean([s[k] for s in stats]))
     metrics = {'ppo/reward_raw': raw.mean().item(), 'ppo/reward': scores.mean().item(), 'ppo/kl': kl.mean().item(),
                'ppo/kl_k3': (k3 * m).sum(1).mean().item(), 'ppo/kl_coef': kl_ctl_before,
                'ppo/non_score_reward': (-kl_ctl_before * kl).mean().item(),
