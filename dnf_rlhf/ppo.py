@@ -30,11 +30,11 @@ __all__ = ['PPO_CONFIGS', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFI
            'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden',
            'Layout', 'SharedLayout', 'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'policy_messages',
            'encode_queries', 'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses',
-           'length_micro_batches', 'rollout', 'score_responses', 'lcs_len', 'signoff_reward', 'NonFiniteError',
-           'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint', 'last_ppo_checkpoint',
-           'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se', 'win_rate', 'answer_and_score',
-           'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo', 'ppo_key', 'ppo_dir',
-           'load_ppo', 'ppo_stage', 'ppo_main']
+           'length_micro_batches', 'rollout', 'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward',
+           'NonFiniteError', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint',
+           'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se', 'win_rate',
+           'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo',
+           'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage', 'ppo_main']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
 def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0, with_entropy:bool=False):
@@ -141,7 +141,7 @@ class PPOStageConfig:
     init_kl_coef: float = 0.05  # beta at step 0
     kl_target: float|None = 6.0  # target KL per response (nats) of the adaptive controller; None keeps beta fixed
     kl_horizon: int|None = None  # responses over which the controller corrects the KL error (None: a tenth of the run)
-    missing_eos_penalty: float = -1.0  # score (normalised units) of a response cut off without EOS
+    missing_eos_penalty: float = 1.0  # subtracted from the (normalised) score of a response cut off without EOS
     value_init: str = 'zero'  # value head: 'zero' (outputs 0 at start) or 'rm' (the reward model's score weights)
     checkpoint_every: int = 10  # steps between checkpoints (resume after a disconnect)
     sample_every: int = 10  # steps between rows of the sample table
@@ -517,11 +517,16 @@ def rollout(layout:Layout, tok, batch:dict, max_new_tokens:int, temperature:floa
     return dict(ids=ids, mask=mask, responses=resp, resp_mask=rmask, ended=ended, logprobs=lp * m,
                 values=values * m, entropy=ent * m, ref_logprobs=ref_lp * m)
 
+# %% ../nbs/05_ppo.ipynb #0af1bbde
+def penalise_missing_eos(scores:torch.Tensor, ended:torch.Tensor, missing_eos_penalty:float) -> torch.Tensor:
+    "Each answer's score as PPO trains on it and evaluation reports it: `scores`, less the penalty where no EOS came."
+    return scores - missing_eos_penalty * (~ended.bool()).to(scores.dtype)  # (B,)
+
 # %% ../nbs/05_ppo.ipynb #35ed4c5b
 @torch.no_grad()
 def score_responses(layout:Layout, tok, batch:dict, ro:dict, norm:dict, missing_eos_penalty:float, micro_batch_size:int,
                     reward_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "(scores, raw) per response: the normalised RM score (or `reward_fn(text)`), and `missing_eos_penalty` where no EOS came."
+    "(scores, raw) per response: the normalised RM score (or `reward_fn(text)`), through `penalise_missing_eos`."
     resp, rmask = ro['responses'], ro['resp_mask']
     if reward_fn is not None:
         raw = torch.tensor([float(reward_fn(t)) for t in decode_responses(tok, resp, rmask)])
@@ -531,7 +536,7 @@ def score_responses(layout:Layout, tok, batch:dict, ro:dict, norm:dict, missing_
         mask = torch.cat([batch['rm_mask'], rmask], 1)
         raw = torch.cat([layout.reward(ids[sl], mask[sl]).float().cpu() for sl in _chunks(len(ids), micro_batch_size)])
         normed = (raw - norm['mean']) / norm['std']
-    return torch.where(ro['ended'].cpu(), normed, torch.tensor(missing_eos_penalty)), raw
+    return penalise_missing_eos(normed, ro['ended'].cpu(), missing_eos_penalty), raw
 
 # %% ../nbs/05_ppo.ipynb #2a22c4d0
 def lcs_len(a:str, b:str) -> int:
@@ -776,7 +781,8 @@ def ppo_report_markdown(rows:list[dict], m:dict, preset:Preset, cfg:PPOStageConf
     f = lambda k: f"{m[k]:.3f} ± {m[k + '_se']:.3f}"
     lines = [f"# PPO 전후 비교 (before/after) — preset `{preset.name}`, layout `{cfg.layout}`", '',
              f"{m['ppo_eval/prompts']} held-out prompts; answers sampled at temperature {cfg.temperature} (seed {cfg.seed}) "
-             f"unless marked greedy; reward = normalised RM score ({cfg.missing_eos_penalty} without EOS); mean ± standard error.", '',
+             f"unless marked greedy; reward = normalised RM score, minus {cfg.missing_eos_penalty} without EOS; "
+             "mean ± standard error.", '',
              '| | SFT | PPO |', '|---|---:|---:|',
              f"| reward | {f('ppo_eval/reward_sft')} | {f('ppo_eval/reward_ppo')} |",
              f"| factual accuracy ({m['ppo_eval/fact_prompts']} fact prompts) | {f('ppo_eval/fact_acc_sft')} | {f('ppo_eval/fact_acc_ppo')} |",
