@@ -53,9 +53,11 @@ def rm_messages(prompt:str, project:ProjectConfig, cfg:RMStageConfig, context:st
     "The conversation the reward model scores an answer to."
     return build_messages(prompt, context=context, persona=project.persona if cfg.with_persona else None)
 
-def rm_input_ids(tokenizer, messages:list[dict], answer:str) -> list[int]:
-    "Token ids the reward model reads: rendered prompt + answer + EOS (as the policy would produce them)."
-    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)['input_ids'] + completion_ids(tokenizer, messages, answer)
+def rm_input_ids(tokenizer, messages:list[dict], answer:str, ended:bool=True) -> list[int]:
+    "Token ids the reward model reads: rendered prompt + answer + EOS, the EOS only if the answer `ended` (as in PPO)."
+    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)['input_ids']
+    answer_ids = completion_ids(tokenizer, messages, answer)  # ends with EOS
+    return prompt_ids + (answer_ids if ended else answer_ids[:-1])
 
 # %% ../nbs/04_reward_model.ipynb #cedd6b17
 def load_pairs(project:ProjectConfig|None=None, split:str='train') -> list[PairRecord]:
