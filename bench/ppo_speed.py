@@ -115,7 +115,7 @@ def main():
     from dnf_rlhf.sft import sft_dir, sft_config
     from dnf_rlhf.reward import rm_dir, rm_config
     from dnf_rlhf.models import base_source
-    from dnf_rlhf.ppo import (ppo_config, load_layout, encode_queries, ppo_step, AdaptiveKLController,
+    from dnf_rlhf.ppo import (ppo_config, load_layout, encode_queries, ppo_step, kl_controller,
                               batch_indices, cpu_threads)
     preset, project = PRESETS[a.preset], ProjectConfig()
     cfg, shape = ppo_config(preset), preset.ppo
@@ -160,7 +160,7 @@ def main():
         # forward, backward and optimizer step is still done)
         opt = torch.optim.AdamW(list(layout.trainable().values()), lr=0.0, eps=1e-5)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
-        kl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        kl = kl_controller(cfg, shape)
         set_seed(0); ours, lengths = [], []
         for i, b in enumerate(enc):
             t0 = time.perf_counter(); m, ro = ppo_step(layout, tok, b, cfg, shape, kl, opt, sched, norm)
@@ -177,7 +177,7 @@ def main():
                     queries=[unpad(e['query_ids'], e['query_mask']) for e in enc], rm_queries=[unpad(e['rm_ids'], e['rm_mask']) for e in enc],
                     ppo=dict(batch_size=shape.batch_size, minibatch_size=shape.minibatch_size, max_new_tokens=shape.max_new_tokens,
                              ppo_epochs=cfg.ppo_epochs, lr=0.0, init_kl_coef=cfg.init_kl_coef, kl_target=cfg.kl_target,
-                             kl_horizon=cfg.kl_horizon, gamma=cfg.gamma, lam=cfg.lam, cliprange=cfg.cliprange,
+                             kl_horizon=kl.horizon, gamma=cfg.gamma, lam=cfg.lam, cliprange=cfg.cliprange,
                              cliprange_value=cfg.cliprange_value, vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm,
                              temperature=cfg.temperature))
         (Path(work)/'spec.json').write_text(json.dumps(spec))

@@ -126,11 +126,16 @@ def model_answers(model, tok, records:list[PPORecord], hits:list, preset:Preset,
 
 # %% ../nbs/08_evaluation.ipynb #344fe5b5
 def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], preset:Preset, project:ProjectConfig) -> list[float]:
-    "Normalised RM score of each answer to its prompt."
+    "Each answer's score as PPO scores it: the normalised RM score, less PPO's penalty where no EOS came."
+    import torch
     from dnf_rlhf.reward import rm_config, rm_messages, rm_input_ids, score_ids
+    from dnf_rlhf.ppo import ppo_config, penalise_missing_eos
     rcfg = rm_config(preset)
-    ids = [rm_input_ids(rtok, rm_messages(r.prompt, project, rcfg), a['text'] or '…') for r, a in zip(records, answers)]
-    return ((score_ids(rm, rtok, ids) - norm['mean']) / norm['std']).tolist()
+    ids = [rm_input_ids(rtok, rm_messages(r.prompt, project, rcfg), a['text'] or '…', a['ended'])  # cut: no EOS added
+           for r, a in zip(records, answers)]
+    normed = (score_ids(rm, rtok, ids) - norm['mean']) / norm['std']
+    ended = torch.tensor([bool(a['ended']) for a in answers])
+    return penalise_missing_eos(normed, ended, ppo_config(preset).missing_eos_penalty).tolist()
 
 # %% ../nbs/08_evaluation.ipynb #b1f6d231
 REQUIRED_METRICS = ('reward', 'reward_se', 'win_rate_vs_sft', 'fact_acc', 'fact_acc_se', 'haeyo_rate', 'eos_rate', 'tokens',
@@ -275,7 +280,7 @@ def eval_report_markdown(rep:dict, img_prefix:str='', runtimes:bool=True) -> str
     L = [f"## 평가 (evaluation) — preset `{rep['preset']}`", '',
          f"{rep['prompts']['total']} held-out prompts ({', '.join(f'{k} {v}' for k, v in rep['prompts'].items() if k != 'total')}), "
          f"greedy decoding, ≤ {c['max_new_tokens']} new tokens; `+rag` = top-{c['top_k']} retrieved chunks as context. "
-         "reward = RM score normalised on SFT answers; mean ± standard error.", '',
+         "reward = normalised RM score as PPO scores it (less its penalty without EOS); mean ± standard error.", '',
          '| system | reward | win vs SFT | factual acc. | harmless | 해요체 | EOS | tokens | distinct-1 | distinct-2 |',
          '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for s in SYSTEMS:

@@ -26,15 +26,15 @@ from .reward import rm_dir, rm_config, rm_messages, rm_key
 # %% auto #0
 __all__ = ['PPO_CONFIGS', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'logprobs_from_logits', 'masked_mean',
            'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController', 'ppo_losses',
-           'PPOStageConfig', 'ppo_config', 'cpu_threads', 'check_ppo_supported', 'position_ids_from_mask',
-           'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden', 'Layout', 'SharedLayout',
-           'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'policy_messages', 'encode_queries',
-           'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses', 'length_micro_batches',
-           'rollout', 'score_responses', 'lcs_len', 'signoff_reward', 'NonFiniteError', 'ppo_step', 'batch_indices',
-           'rng_state', 'set_rng_state', 'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning',
-           'heldout_ppo_records', 'mean_se', 'win_rate', 'answer_and_score', 'heldout_kl', 'before_after',
-           'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo', 'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage',
-           'ppo_main']
+           'PPOStageConfig', 'ppo_config', 'cpu_threads', 'kl_controller', 'check_ppo_supported',
+           'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden',
+           'Layout', 'SharedLayout', 'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'policy_messages',
+           'encode_queries', 'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses',
+           'length_micro_batches', 'rollout', 'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward',
+           'NonFiniteError', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint',
+           'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se', 'win_rate',
+           'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo',
+           'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage', 'ppo_main']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
 def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0, with_entropy:bool=False):
@@ -105,19 +105,21 @@ class AdaptiveKLController:
 
 # %% ../nbs/05_ppo.ipynb #f367b25b
 def ppo_losses(logprobs, old_logprobs, advantages, vpred, old_values, returns, mask, cliprange:float=0.2,
-               cliprange_value:float=0.2) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    "(pg_loss, vf_loss, stats) of PPO's clipped objectives over the masked response tokens. All inputs (B, T)."
+               cliprange_value:float=0.2, denom=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    "(pg_loss, vf_loss, stats) of PPO's clipped objectives: sums over the masked tokens / `denom`. Inputs (B, T)."
+    denom = mask.sum().clamp_min(1) if denom is None else denom  # None: the mask's own tokens, a token mean
+    token_mean = lambda x: (x * mask).sum() / denom
     log_ratio = logprobs - old_logprobs
     ratio = log_ratio.exp()
     pg_losses = -advantages * ratio
     pg_losses2 = -advantages * torch.clamp(ratio, 1 - cliprange, 1 + cliprange)
-    pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    pg_loss = token_mean(torch.max(pg_losses, pg_losses2))
     vpredclipped = old_values + torch.clamp(vpred - old_values, -cliprange_value, cliprange_value)
-    vf_loss = 0.5 * masked_mean(torch.max((vpred - returns) ** 2, (vpredclipped - returns) ** 2), mask)
+    vf_loss = 0.5 * token_mean(torch.max((vpred - returns) ** 2, (vpredclipped - returns) ** 2))
     with torch.no_grad():
-        stats = dict(clipfrac=masked_mean((pg_losses2 > pg_losses).float(), mask).item(),
-                     approxkl=(0.5 * masked_mean(log_ratio ** 2, mask)).item(),
-                     vf_clipfrac=masked_mean(((vpred - returns) ** 2 < (vpredclipped - returns) ** 2).float(), mask).item())
+        stats = dict(clipfrac=token_mean((pg_losses2 > pg_losses).float()).item(),
+                     approxkl=(0.5 * token_mean(log_ratio ** 2)).item(),
+                     vf_clipfrac=token_mean(((vpred - returns) ** 2 < (vpredclipped - returns) ** 2).float()).item())
     return pg_loss, vf_loss, stats
 
 # %% ../nbs/05_ppo.ipynb #cf16e1e2
@@ -138,8 +140,8 @@ class PPOStageConfig:
     temperature: float = 0.7  # sampling temperature; logprobs use the same temperature
     init_kl_coef: float = 0.05  # beta at step 0
     kl_target: float|None = 6.0  # target KL per response (nats) of the adaptive controller; None keeps beta fixed
-    kl_horizon: int = 10000  # responses over which the controller corrects the KL error
-    missing_eos_penalty: float = -1.0  # score (normalised units) of a response cut off without EOS
+    kl_horizon: int|None = None  # responses over which the controller corrects the KL error (None: a tenth of the run)
+    missing_eos_penalty: float = 1.0  # subtracted from the (normalised) score of a response cut off without EOS
     value_init: str = 'zero'  # value head: 'zero' (outputs 0 at start) or 'rm' (the reward model's score weights)
     checkpoint_every: int = 10  # steps between checkpoints (resume after a disconnect)
     sample_every: int = 10  # steps between rows of the sample table
@@ -168,6 +170,12 @@ def cpu_threads(n:int|None):
     if n: torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(prev)
+
+# %% ../nbs/05_ppo.ipynb #d74f740b
+def kl_controller(cfg:PPOStageConfig, shape:RolloutShape) -> AdaptiveKLController:
+    "The run's KL controller: horizon `cfg.kl_horizon`, else a tenth of the run's responses (steps x batch size / 10)."
+    horizon = cfg.kl_horizon or max(1, cfg.steps * shape.batch_size // 10)  # 200 steps: 20 batches, like Ziegler's
+    return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, horizon)
 
 # %% ../nbs/05_ppo.ipynb #4687e22e
 def check_ppo_supported(preset:Preset, policy:Policy|None=None):
@@ -352,9 +360,10 @@ def _rm_adapter_parts(rm_adapter) -> tuple[dict, torch.Tensor, object]:
     if RM_SCORE_KEY not in sd: raise KeyError(f"{rm_adapter}: no {RM_SCORE_KEY} (was the RM trained with modules_to_save=['score']?)")
     return sd, sd.pop(RM_SCORE_KEY), LoraConfig.from_pretrained(str(rm_adapter))
 
-def _value_head(hidden:int, score_w:torch.Tensor, value_init:str) -> nn.Linear:
+def _value_head(hidden:int, score_w:torch.Tensor, value_init:str, device) -> nn.Linear:
+    "The value head (fp32) on `device`: zero, or the reward model's score weights; bias 0."
     if value_init not in ('zero', 'rm'): raise ValueError(f"value_init must be 'zero' or 'rm', not {value_init!r}")
-    head = nn.Linear(hidden, 1)
+    head = nn.Linear(hidden, 1, device=device)
     with torch.no_grad():
         head.bias.zero_()
         head.weight.copy_(score_w.float() if value_init == 'rm' else torch.zeros_like(head.weight))
@@ -384,16 +393,17 @@ def build_layout(kind:str, load_model, sft_adapter, rm_adapter, value_init:str='
         res = set_peft_model_state_dict(pm, rm_sd, adapter_name='reward')
         missing = [k for k in res.missing_keys if '.reward.' in k]
         if missing or res.unexpected_keys: raise ValueError(f"{rm_adapter}: RM adapter does not fit the base: {(missing + res.unexpected_keys)[:3]}")
-        hidden = base.config.hidden_size
-        score = nn.Linear(hidden, 1, bias=False)
+        hidden, dev = base.config.hidden_size, base.device  # the heads read hidden states where the base puts them
+        score = nn.Linear(hidden, 1, bias=False, device=dev)
         with torch.no_grad(): score.weight.copy_(score_w.float())
-        layout = SharedLayout(dropout_off(pm), score, _value_head(hidden, score_w, value_init))
+        layout = SharedLayout(dropout_off(pm), score, _value_head(hidden, score_w, value_init, dev))
     elif kind == 'separate':
         policy = PeftModel.from_pretrained(_prepare(load_model('causal'), gradient_checkpointing), str(sft_adapter), is_trainable=True)
         ref = PeftModel.from_pretrained(load_model('causal'), str(sft_adapter)).eval()
         reward = PeftModel.from_pretrained(load_model('seq_cls'), str(rm_adapter)).eval()
         value = _prepare(load_model('value'), gradient_checkpointing)
-        with torch.no_grad(): value.score.weight.copy_(_value_head(score_w.shape[1], score_w, value_init).weight)
+        w = value.score.weight
+        with torch.no_grad(): w.copy_(_value_head(score_w.shape[1], score_w, value_init, w.device).weight)
         layout = SeparateLayout(dropout_off(policy), dropout_off(ref), dropout_off(reward), value.requires_grad_(True))
     else: raise ValueError(f"layout must be 'shared' or 'separate', not {kind!r}")
     layout.policy_mode()
@@ -508,11 +518,16 @@ def rollout(layout:Layout, tok, batch:dict, max_new_tokens:int, temperature:floa
     return dict(ids=ids, mask=mask, responses=resp, resp_mask=rmask, ended=ended, logprobs=lp * m,
                 values=values * m, entropy=ent * m, ref_logprobs=ref_lp * m)
 
+# %% ../nbs/05_ppo.ipynb #0af1bbde
+def penalise_missing_eos(scores:torch.Tensor, ended:torch.Tensor, missing_eos_penalty:float) -> torch.Tensor:
+    "Each answer's score as PPO trains on it and evaluation reports it: `scores`, less the penalty where no EOS came."
+    return scores - missing_eos_penalty * (~ended.bool()).to(scores.dtype)  # (B,)
+
 # %% ../nbs/05_ppo.ipynb #35ed4c5b
 @torch.no_grad()
 def score_responses(layout:Layout, tok, batch:dict, ro:dict, norm:dict, missing_eos_penalty:float, micro_batch_size:int,
                     reward_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "(scores, raw) per response: the normalised RM score (or `reward_fn(text)`), and `missing_eos_penalty` where no EOS came."
+    "(scores, raw) per response: the normalised RM score (or `reward_fn(text)`), through `penalise_missing_eos`."
     resp, rmask = ro['responses'], ro['resp_mask']
     if reward_fn is not None:
         raw = torch.tensor([float(reward_fn(t)) for t in decode_responses(tok, resp, rmask)])
@@ -522,7 +537,7 @@ def score_responses(layout:Layout, tok, batch:dict, ro:dict, norm:dict, missing_
         mask = torch.cat([batch['rm_mask'], rmask], 1)
         raw = torch.cat([layout.reward(ids[sl], mask[sl]).float().cpu() for sl in _chunks(len(ids), micro_batch_size)])
         normed = (raw - norm['mean']) / norm['std']
-    return torch.where(ro['ended'].cpu(), normed, torch.tensor(missing_eos_penalty)), raw
+    return penalise_missing_eos(normed, ro['ended'].cpu(), missing_eos_penalty), raw
 
 # %% ../nbs/05_ppo.ipynb #2a22c4d0
 def lcs_len(a:str, b:str) -> int:
@@ -568,24 +583,27 @@ def ppo_step(layout:Layout, tok, batch:dict, cfg:PPOStageConfig, shape:RolloutSh
     for _ in range(cfg.ppo_epochs):
         for mb in torch.randperm(B).split(shape.minibatch_size):
             opt.zero_grad(set_to_none=True)
+            n_tok, mb_stats = m[mb].sum(), {}  # the minibatch's real response tokens: each weighs the same
             for micro, w in length_micro_batches(mb, m.sum(1), cfg.micro_batch_size):  # the sum of gradients does not depend on order
                 pol = layout.policy_forward(ro['ids'][micro, :P + w], ro['mask'][micro, :P + w], w, cfg.temperature)  # each (b, w)
                 pg, vf, st = ppo_losses(pol['logprobs'], ro['logprobs'][micro, :w], adv[micro, :w], pol['values'].float(),
-                                        ro['values'][micro, :w], returns[micro, :w], m[micro, :w], cfg.cliprange, cfg.cliprange_value)
-                loss = (pg + cfg.vf_coef * vf) * len(micro) / len(mb)
+                                        ro['values'][micro, :w], returns[micro, :w], m[micro, :w], cfg.cliprange,
+                                        cfg.cliprange_value, denom=n_tok)  # this micro-batch's share of the token means
+                loss = pg + cfg.vf_coef * vf
                 if not torch.isfinite(loss): raise NonFiniteError(f"loss is {loss.item()} (pg {pg.item()}, vf {vf.item()})")
                 loss.backward()
-                stats.append(dict(pg_loss=pg.item(), vf_loss=vf.item(), **st))
+                for k, v in dict(pg_loss=pg.item(), vf_loss=vf.item(), **st).items():
+                    mb_stats[k] = mb_stats.get(k, 0.0) + v  # shares add up to the minibatch's means
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not torch.isfinite(gn): raise NonFiniteError(f"gradient norm is {gn.item()}")
             opt.step(); sched.step()
-            stats[-1]['grad_norm'] = gn.item()
+            stats.append(dict(mb_stats, grad_norm=gn.item()))  # per minibatch
     # 6. KL controller (on the mean KL per response) and metrics
     kl = (k1 * m).sum(1)  # (B,)
     kl_ctl_before = kl_ctl.value
     kl_ctl.update(kl.mean().item(), B)
     var_ret = masked_var(returns, m)
-    mean = lambda k: float(np.mean([s[k] for s in stats if k in s]))
+    mean = lambda k: float(np.mean([s[k] for s in stats]))
     metrics = {'ppo/reward_raw': raw.mean().item(), 'ppo/reward': scores.mean().item(), 'ppo/kl': kl.mean().item(),
                'ppo/kl_k3': (k3 * m).sum(1).mean().item(), 'ppo/kl_coef': kl_ctl_before,
                'ppo/non_score_reward': (-kl_ctl_before * kl).mean().item(),
@@ -597,7 +615,7 @@ def ppo_step(layout:Layout, tok, batch:dict, cfg:PPOStageConfig, shape:RolloutSh
                'ppo/lr': sched.get_last_lr()[0]}
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad: raise NonFiniteError(f"non-finite metrics {bad}")
-    return metrics, dict(ro, scores=scores, raw=raw)
+    return metrics, dict(ro, scores=scores, raw=raw, advantages=adv, returns=returns)  # (B,) scores, (B, R) the rest
 
 # %% ../nbs/05_ppo.ipynb #e0eba367
 def batch_indices(n:int, step:int, batch_size:int, seed:int) -> tuple[list[int], int]:
@@ -764,7 +782,8 @@ def ppo_report_markdown(rows:list[dict], m:dict, preset:Preset, cfg:PPOStageConf
     f = lambda k: f"{m[k]:.3f} ± {m[k + '_se']:.3f}"
     lines = [f"# PPO 전후 비교 (before/after) — preset `{preset.name}`, layout `{cfg.layout}`", '',
              f"{m['ppo_eval/prompts']} held-out prompts; answers sampled at temperature {cfg.temperature} (seed {cfg.seed}) "
-             f"unless marked greedy; reward = normalised RM score ({cfg.missing_eos_penalty} without EOS); mean ± standard error.", '',
+             f"unless marked greedy; reward = normalised RM score, minus {cfg.missing_eos_penalty} without EOS; "
+             "mean ± standard error.", '',
              '| | SFT | PPO |', '|---|---:|---:|',
              f"| reward | {f('ppo_eval/reward_sft')} | {f('ppo_eval/reward_ppo')} |",
              f"| factual accuracy ({m['ppo_eval/fact_prompts']} fact prompts) | {f('ppo_eval/fact_acc_sft')} | {f('ppo_eval/fact_acc_ppo')} |",
@@ -816,7 +835,7 @@ def _train_ppo(out, preset, project, run_dir, cfg, policy, reward_fn, callbacks)
     opt = torch.optim.AdamW(list(layout.trainable().values()), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     updates = cfg.steps * cfg.ppo_epochs * math.ceil(shape.batch_size / shape.minibatch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / updates))
-    kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+    kl_ctl = kl_controller(cfg, shape)
     history, samples, start = [], [], 0
     if (cp := last_ppo_checkpoint(out)) is not None:
         ts = load_checkpoint(cp, layout, opt, sched, kl_ctl)

@@ -13,10 +13,10 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import torch
 from .core import *
-from .formats import PairRecord, RankedRecord, read_jsonl
-from .chat import build_messages, completion_ids, render_prompt, generate_answers
+from .formats import PairRecord, RankedRecord, PPORecord, read_jsonl
+from .chat import build_messages, completion_ids, render_prompt, prepare_tokenizer
 from .models import load_pretrained
-from .sft import trainer_precision, sft_dir, load_sft, load_sft_splits, sft_config, sft_messages
+from .sft import trainer_precision, sft_dir, load_sft, sft_config
 
 # %% auto #0
 __all__ = ['RM_CONFIGS', 'RMStageConfig', 'rm_config', 'rm_messages', 'rm_input_ids', 'load_pairs', 'tokenize_pairs', 'score_ids',
@@ -55,9 +55,11 @@ def rm_messages(prompt:str, project:ProjectConfig, cfg:RMStageConfig, context:st
     "The conversation the reward model scores an answer to."
     return build_messages(prompt, context=context, persona=project.persona if cfg.with_persona else None)
 
-def rm_input_ids(tokenizer, messages:list[dict], answer:str) -> list[int]:
-    "Token ids the reward model reads: rendered prompt + answer + EOS (as the policy would produce them)."
-    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)['input_ids'] + completion_ids(tokenizer, messages, answer)
+def rm_input_ids(tokenizer, messages:list[dict], answer:str, ended:bool=True) -> list[int]:
+    "Token ids the reward model reads: rendered prompt + answer + EOS, the EOS only if the answer `ended` (as in PPO)."
+    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)['input_ids']
+    answer_ids = completion_ids(tokenizer, messages, answer)  # ends with EOS
+    return prompt_ids + (answer_ids if ended else answer_ids[:-1])
 
 # %% ../nbs/04_reward_model.ipynb #cedd6b17
 def load_pairs(project:ProjectConfig|None=None, split:str='train') -> list[PairRecord]:
@@ -190,23 +192,33 @@ def _plot_hist(rc, rr, path):
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 # %% ../nbs/04_reward_model.ipynb #dece936d
+@torch.no_grad()
 def reward_normalisation(model, tok, preset:Preset, project:ProjectConfig, cfg:RMStageConfig, run_dir=None) -> dict:
-    "Mean and std of rewards of sampled SFT answers to training prompts."
+    "Mean and std of the RM scores of PPO's first rollouts: the SFT policy sampled and scored as PPO does it."
+    from dnf_rlhf.ppo import ppo_config, encode_queries, sample_responses, truncate_after_eos  # ppo imports this module
     sft_model, stok = load_sft(preset, run_dir, project)
-    scfg = sft_config(preset)
-    recs = load_sft_splits(project)['train'][:cfg.norm_samples]
-    gens = generate_answers(sft_model, stok, [sft_messages(r, project, scfg) for r in recs], max_new_tokens=scfg.max_new_tokens,
-                            do_sample=True, temperature=1.0, top_p=1.0, seed=cfg.seed)
-    ids = [rm_input_ids(tok, rm_messages(r.prompt, project, cfg), g['text'] or '…') for r, g in zip(recs, gens)]
-    s = score_ids(model, tok, ids)
+    lm, stok, shape = sft_model.eval().get_base_model(), prepare_tokenizer(stok, project), preset.ppo
+    recs = read_jsonl(project.datasets_path()/'ppo_train.jsonl', PPORecord)[:cfg.norm_samples]
+    set_seed(cfg.seed); seqs = []
+    for i in range(0, len(recs), shape.batch_size):  # PPO's batches, so the same random draws as its rollouts
+        b = encode_queries(stok, recs[i:i + shape.batch_size], project, sft_config(preset), cfg, shape.max_prompt_len)
+        b = {k: v.to(lm.device) for k, v in b.items()}
+        gen = sample_responses(lm, b['query_ids'], b['query_mask'], shape.max_new_tokens, stok.eos_token_id,
+                               stok.pad_token_id, ppo_config(preset).temperature)
+        resp, rmask, _ = truncate_after_eos(gen, stok.eos_token_id, stok.pad_token_id)
+        # the RM prompt + the raw response tokens, EOS only where it came (no re-tokenised text), as PPO scores them
+        seqs += [p[pm.bool()].tolist() + r[m.bool()].tolist()
+                 for p, pm, r, m in zip(b['rm_ids'], b['rm_mask'], resp, rmask)]
+    s = score_ids(model, tok, seqs)
     return dict(mean=float(s.mean()), std=float(s.std().clamp_min(1e-6)), n=len(s))
 
 # %% ../nbs/04_reward_model.ipynb #d879ffbc
 def rm_key(preset:Preset, project:ProjectConfig) -> str:
-    "Cache key of the tiny reward model."
+    "Cache key of the tiny reward model (its normalisation samples PPO's prompts with PPO's code: those count too)."
     from dnf_rlhf.sft import sft_key
     return config_hash(rm_config(preset), file_hash(project.datasets_path()/'pairs_train.jsonl'), sft_key(preset, project),
-                       file_hash(package_dir()/'reward.py'))
+                       file_hash(package_dir()/'reward.py'), file_hash(project.datasets_path()/'ppo_train.jsonl'),
+                       file_hash(package_dir()/'ppo.py'))
 
 def rm_dir(preset:Preset, run_dir=None, project:ProjectConfig|None=None) -> Path:
     "Folder of the reward model for `preset` (run folder, else the tiny cache, else an error naming this notebook)."
