@@ -47,7 +47,8 @@ SFT_CONFIGS = {  # per model size; hub presets use the default
     'tiny': SFTStageConfig(lr=2e-3, epochs=6, eval_steps=40, lora_r=32, lora_alpha=64),
     'test': SFTStageConfig(lr=3e-3, epochs=3, eval_steps=25, lora_r=32, lora_alpha=64, max_new_tokens=48,
                            group_by_length=False),  # in 150 steps grouped batches cut the eval-loss drop from 18 % to 14 %
-    'rehearsal': SFTStageConfig(max_steps=4, eval_steps=2, max_new_tokens=16, heldout_prompts=8),  # the GPU path, a few steps
+    'rehearsal': SFTStageConfig(max_steps=4, eval_steps=2, val_frac=0.02, max_new_tokens=16,  # the GPU path, a few steps
+                                heldout_prompts=8),
 }
 
 def sft_config(preset:Preset) -> SFTStageConfig:
