@@ -24,8 +24,8 @@ API_FLOORS = [
     # GPTNeoXConfig), so the tiny base (rotary_pct 0.5) reloads with other rotary dims than it was trained with and every
     # later stage silently starts from a different model (SFT's starting eval loss 2.93 instead of 2.82 at 5.2.0)
     ('transformers', '5.5.0', ('dnf_rlhf/tinybase.py', 'rotary_pct=cfg.rotary_pct'), 'GPTNeoXConfig(rotary_pct=) survives save/load'),
-    # `dtype=` (not `torch_dtype=`) in from_pretrained (reward.load_rm_base, tinybase, serve): 4.56.0
-    ('transformers', '4.56.0', ('dnf_rlhf/reward.py', 'dtype=torch_dtype(policy)'), 'from_pretrained(dtype=)'),
+    # `dtype=` (not `torch_dtype=`) in from_pretrained (models.load_pretrained, the one loader): 4.56.0
+    ('transformers', '4.56.0', ('dnf_rlhf/models.py', 'dtype=torch_dtype(policy)'), 'from_pretrained(dtype=)'),
     # DynamicCache.batch_repeat_interleave / batch_select_indices (ppo.backbone_hidden, ppo.sample_responses): 4.42.0
     ('transformers', '4.42.0', ('dnf_rlhf/ppo.py', 'kv.batch_repeat_interleave(B)'), 'DynamicCache.batch_repeat_interleave'),
     ('transformers', '4.42.0', ('dnf_rlhf/ppo.py', 'kv.batch_select_indices(keep)'), 'DynamicCache.batch_select_indices'),
