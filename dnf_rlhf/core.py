@@ -407,7 +407,8 @@ def cached_build(stage:str, key:str, build:Callable[[Path], Any], root=None) -> 
         tmp = root/f'.{stage}-{key}.{os.getpid()}.tmp'
         if tmp.exists(): shutil.rmtree(tmp)
         tmp.mkdir()
-        build(tmp)
+        import torch  # asked for from inside another stage's no-grad code (e.g. the RM's normalisation), it still trains
+        with torch.enable_grad(): build(tmp)
         (tmp/'.complete').write_text(time.strftime('%Y-%m-%dT%H:%M:%S'))
         if final.exists(): shutil.rmtree(final)
         os.replace(tmp, final)

@@ -192,7 +192,6 @@ def _plot_hist(rc, rr, path):
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 # %% ../nbs/04_reward_model.ipynb #dece936d
-@torch.no_grad()
 def reward_normalisation(model, tok, preset:Preset, project:ProjectConfig, cfg:RMStageConfig, run_dir=None) -> dict:
     "Mean and std of the RM scores of PPO's first rollouts: the SFT policy sampled and scored as PPO does it."
     from dnf_rlhf.ppo import ppo_config, encode_queries, sample_responses, truncate_after_eos  # ppo imports this module
