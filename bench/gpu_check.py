@@ -7,12 +7,12 @@ What runs (no hub, no network; one run folder, stages in pipeline order, each re
 - sft: `train_sft` 10 optimizer steps (eval + checkpoint every 5), 8 held-out prompts answered.
 - rm: `train_rm` 10 steps, diagnostics, reward normalisation on 8 SFT samples.
 - ppo: `train_ppo` 3 steps (shared layout, the default PPO config otherwise), before/after on 8 prompts.
-- eval: `eval_stage` on 8 prompts (4 fact, 2 persona, 2 hostile), 64-token answers, judge off.
+- eval: the `eval` stage on 8 prompts (4 fact, 2 persona, 2 hostile), 64-token answers, judge off.
 - serve: 4 chat requests through the real server on 127.0.0.1 with the real `openai` client.
 
 Settings forced with the existing knobs: `get_preset('colab-t4').with_base(<stand-in>)` (fp16, NF4, gradient
-checkpointing and the T4 batch shapes: SFT/RM 4 x 4 x 512, PPO 16/4, 256 + 128 tokens), stage configs passed
-explicitly (`replace(sft_config(p), max_steps=10, ...)`), the policy from `device_policy`, and
+checkpointing and the T4 batch shapes: SFT/RM 4 x 4 x 512, PPO 16/4, 256 + 128 tokens), stage settings overridden
+as `--set` does (`Run(preset, overrides={'sft': {'max_steps': 10, ...}})`), the policy from `device_policy`, and
 `torch.cuda.set_per_process_memory_fraction(15 GiB / total)`. Per stage: seconds and peak memory
 (`torch.cuda.max_memory_allocated`, reset before each stage).
 
@@ -135,7 +135,7 @@ class OverlapRetriever:
 def retrieval_free_eval(project):
     "Point the evaluation at `OverlapRetriever` and the passage cut at the token prefix (no Kiwi)."
     import dnf_rlhf.evaluate as ev, dnf_rlhf.rag as rag
-    ev.eval_retriever = lambda preset, run_dir=None, project_=None: OverlapRetriever(project)
+    ev.eval_retriever = lambda run: OverlapRetriever(project)
     rag.best_window = lambda text, query, tokenizer, budget, tags=None: rag._prefix(text, tokenizer, budget)
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -170,13 +170,14 @@ def build_standin(folder:Path, size:str, on_gpu:bool) -> str:
     if where == 'cpu': standin_base('polyglot-ko', folder, size=size, dtype=torch.float16)
     return where
 
-def served_answers(preset, project, run_dir, S:Sizes) -> dict:
+def served_answers(run, S:Sizes) -> dict:
     "S.requests chat requests through the real `openai` client to the server on 127.0.0.1 serving the run's PPO model."
     import openai
     from dnf_rlhf.ppo import heldout_ppo_records
     from dnf_rlhf.serve import BackgroundServer, Engine, ServeConfig, load_chat_model, make_app
-    model, tok, what = load_chat_model(preset, run_dir, project)
-    engine = Engine(model, tok, None, ServeConfig(fit_tokens=preset.sft.max_len, retrieval=False, persona=project.persona))
+    project, run_dir = run.project, run.dir
+    model, tok, what = load_chat_model(run)
+    engine = Engine(model, tok, None, ServeConfig(fit_tokens=run.preset.sft.max_len, retrieval=False, persona=project.persona))
     done = []
     with BackgroundServer(make_app(engine, api_key='')) as srv:
         c = openai.OpenAI(base_url=srv.base_url, api_key='unused', max_retries=0, timeout=300)
@@ -195,7 +196,7 @@ def served_answers(preset, project, run_dir, S:Sizes) -> dict:
 
 def run_check(a, rep:dict, work:Path):
     import torch
-    from dnf_rlhf.core import get_preset, device_policy, probe_hardware, stage_output, package_versions, load_json, CPU_SUBSTITUTES
+    from dnf_rlhf.core import Run, get_preset, device_policy, probe_hardware, run_stage, package_versions, load_json, CPU_SUBSTITUTES
     S = SMOKE if a.smoke else GPU
     cuda = torch.cuda.is_available()
     rep.update(device='cuda' if cuda and not a.smoke else 'cpu', torch=torch.__version__, cuda=torch.version.cuda,
@@ -225,28 +226,18 @@ def run_check(a, rep:dict, work:Path):
                shapes={k: dataclasses.asdict(getattr(preset, k)) for k in ('sft', 'rm', 'ppo')})
     project = trimmed_project(work/'datasets', S.keep)
     run_dir = work/'run'
-    # 3. the stage configs, passed explicitly
-    from dnf_rlhf.sft import train_sft, sft_config
-    from dnf_rlhf.reward import train_rm, rm_config
-    from dnf_rlhf.ppo import train_ppo, ppo_config
-    from dnf_rlhf.evaluate import eval_stage, eval_config
+    # 3. the stage settings, overridden as `--set` does
+    from dnf_rlhf import cli  # registers every stage
     retrieval_free_eval(project)
     n = S.prompts
-    sft_cfg = dataclasses.replace(sft_config(preset), max_steps=S.sft_steps, eval_steps=S.sft_eval_steps, heldout_prompts=n)
-    rm_cfg = dataclasses.replace(rm_config(preset), max_steps=S.rm_steps, norm_samples=n)
-    ppo_cfg = dataclasses.replace(ppo_config(preset), steps=S.ppo_steps, eval_prompts=S.ppo_eval_prompts, checkpoint_every=S.ppo_steps, sample_every=1)
-    ev_cfg = dataclasses.replace(eval_config(preset), fact_prompts=n // 2, persona_prompts=n // 4, hostile_prompts=n - n // 2 - n // 4,
-                                 judge='off', table_rows=2)
-    if S.eval_tokens: ev_cfg = dataclasses.replace(ev_cfg, max_new_tokens=S.eval_tokens)
-    def in_stage(name, train):
-        with stage_output(run_dir, name) as out: return train(out)
-    stages = {
-        'sft': lambda: in_stage('sft', lambda out: train_sft(out, preset, project, run_dir, cfg=sft_cfg, policy=policy)),
-        'rm': lambda: in_stage('rm', lambda out: train_rm(out, preset, project, run_dir, cfg=rm_cfg, policy=policy)),
-        'ppo': lambda: in_stage('ppo', lambda out: train_ppo(out, preset, project, run_dir, cfg=ppo_cfg, policy=policy)),
-        'eval': lambda: eval_stage(preset, run_dir, project, ev_cfg),
-        'serve': lambda: served_answers(preset, project, run_dir, S),
-    }
+    ev = dict(fact_prompts=n // 2, persona_prompts=n // 4, hostile_prompts=n - n // 2 - n // 4, judge='off', table_rows=2)
+    if S.eval_tokens: ev['max_new_tokens'] = S.eval_tokens
+    run = Run(preset, project, run_dir, policy=policy, overrides={
+        'sft': dict(max_steps=S.sft_steps, eval_steps=S.sft_eval_steps, heldout_prompts=n),
+        'rm': dict(max_steps=S.rm_steps, norm_samples=n),
+        'ppo': dict(steps=S.ppo_steps, eval_prompts=S.ppo_eval_prompts, checkpoint_every=S.ppo_steps, sample_every=1),
+        'eval': ev})
+    stages = {**{k: (lambda k=k: run_stage(run, k)) for k in ('sft', 'rm', 'ppo', 'eval')}, 'serve': lambda: served_answers(run, S)}
     picked = {'sft': lambda m: {'steps': m.get('sft/steps'), 'eval_loss_start': m.get('sft/eval_loss_start')},
               'rm': lambda m: {'accuracy': m.get('rm/accuracy')},
               'ppo': lambda m: {'steps': m.get('ppo/steps'), 'nf4_layers': m.get('ppo/nf4_layers'), 'kl_final': m.get('ppo/kl_final')},

@@ -6,52 +6,47 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/cli.html.md"""
 
 # %% ../nbs/09_cli.ipynb #33752377
 from __future__ import annotations
-import argparse, importlib, json, sys, time
+import argparse, json, sys, time
 from dataclasses import asdict
 from pathlib import Path
 from tqdm.auto import tqdm
 from .core import *
+from . import lore, tinybase, sft, reward, ppo, rag, evaluate, serve
 
 # %% auto #0
 __all__ = ['PIPELINE', 'PASSTHROUGH', 'run_pipeline', 'report_markdown', 'main']
 
 # %% ../nbs/09_cli.ipynb #dee60f65
-PIPELINE: list[tuple[str, str]] = [  # (stage, 'module:function'), in order
-    ('lore', 'dnf_rlhf.lore:lore_stage'),  # validate the corpus and facts (nbs/01_lore.ipynb)
-    ('tinybase', 'dnf_rlhf.tinybase:tinybase_stage'),  # the project's own base model on tiny; the hub id otherwise (01a)
-    ('sft', 'dnf_rlhf.sft:sft_stage'),  # QLoRA supervised fine-tuning (03)
-    ('rm', 'dnf_rlhf.reward:rm_stage'),  # reward model + diagnostics + normalisation (04)
-    ('ppo', 'dnf_rlhf.ppo:ppo_stage'),  # PPO on one shared base + before/after report (05)
-    ('rag', 'dnf_rlhf.rag:rag_stage'),  # retrieval index + recall@k / MRR on the demo questions (06)
-    ('eval', 'dnf_rlhf.evaluate:eval_stage'),  # base / SFT / PPO, with and without retrieval: the closing report (08)
+PIPELINE: list[Stage] = [  # the stages of `dnf-rlhf run`, in order
+    lore.LORE,  # validate the corpus and facts (01_lore)
+    tinybase.TINYBASE,  # the project's own base model on tiny; the hub id otherwise (01a)
+    sft.SFT,  # QLoRA supervised fine-tuning (03)
+    reward.RM,  # reward model + diagnostics + normalisation (04)
+    ppo.PPO,  # PPO on one shared base + before/after report (05)
+    rag.RAG,  # retrieval index + recall@k / MRR on the demo questions (06)
+    evaluate.EVAL,  # base and every chat model, with and without retrieval: the closing report (08)
 ]
-PASSTHROUGH: dict[str, str] = {  # commands with their own arguments: name -> 'module:main(argv)'
-    'index': 'dnf_rlhf.rag:index_main',  # build or refresh the retrieval index (06)
-    'serve': 'dnf_rlhf.serve:serve_main',  # the OpenAI-compatible chat server (07)
-    'eval': 'dnf_rlhf.evaluate:eval_main',  # recompute a run's evaluation and compare it with the earlier one (08)
+PASSTHROUGH = {  # commands with their own arguments: name -> main(argv)
+    'index': rag.index_main,  # build or refresh the retrieval index (06)
+    'serve': serve.serve_main,  # the OpenAI-compatible chat server (07)
+    'eval': evaluate.eval_main,  # recompute a run's evaluation and compare it with the earlier one (08)
 }
 
-def _load(target):
-    "A stage function from 'module:function' (imported on first use), or the callable itself."
-    if callable(target): return target
-    mod, fn = target.split(':')
-    return getattr(importlib.import_module(mod), fn)
-
 # %% ../nbs/09_cli.ipynb #97b9b9c5
-def run_pipeline(preset:Preset, out, project:ProjectConfig|None=None, stages:list[str]|None=None,
-                 pipeline=None) -> dict:
-    "Run the pipeline's stages into `out` and write `out/report.json` and `out/report.md`."
-    out, project = Path(out), project or ProjectConfig()
+def run_pipeline(run:Run, stages:list[str]|None=None, pipeline:list[Stage]|None=None) -> dict:
+    "Run the pipeline's stages (or only `stages`) into `run.dir` and write `report.json` and `report.md` there."
+    out = run.dir
     out.mkdir(parents=True, exist_ok=True)
-    todo = [(s, t) for s, t in (PIPELINE if pipeline is None else pipeline) if stages is None or s in stages]
-    rep = dict(preset=preset.name, base=preset.base.name, rehearsal=preset.rehearsal, versions=package_versions(), hardware=asdict(probe_hardware()), stages=[])
+    todo = [s for s in (PIPELINE if pipeline is None else pipeline) if stages is None or s.name in stages]
+    rep = dict(preset=run.preset.name, base=run.preset.base.name, rehearsal=run.preset.rehearsal, overrides=run.overrides,
+               versions=package_versions(), hardware=asdict(probe_hardware()), stages=[])
     t0 = time.time()
-    for stage, target in tqdm(todo, desc='dnf-rlhf run', unit='stage'):
+    for st in tqdm(todo, desc='dnf-rlhf run', unit='stage'):
         s0 = time.time()
-        skipped = stage_done(out/stage)
-        metrics = load_json(out/stage/METRICS) if skipped and (out/stage/METRICS).exists() else (
-            {} if skipped else _load(target)(preset, out, project))
-        rep['stages'].append(dict(stage=stage, seconds=round(time.time()-s0, 2), reused=skipped, metrics=metrics))
+        skipped = stage_done(out/st.name)
+        metrics = load_json(out/st.name/METRICS) if skipped and (out/st.name/METRICS).exists() else (
+            {} if skipped else run_stage(run, st.name))
+        rep['stages'].append(dict(stage=st.name, seconds=round(time.time()-s0, 2), reused=skipped, metrics=metrics))
         save_json(out/'report.json', rep)  # after every stage: a disconnect loses nothing finished
     rep['total_seconds'] = round(time.time()-t0, 2)
     save_json(out/'report.json', rep)
@@ -83,24 +78,22 @@ def main(argv:list[str]|None=None) -> int:
     sub = ap.add_subparsers(dest='cmd', required=True)
     sub.add_parser('doctor', help='versions, device, precision, memory, 4-bit support and the preset to use')
     r = sub.add_parser('run', help='run every stage end to end and write DIR/report.md and DIR/report.json')
-    add_preset_args(r).add_argument('--out', required=True, help='run folder')
-    r.add_argument('--project', default=None, help='project config (.toml or .json) for your own domain')
-    r.add_argument('--stages', nargs='*', default=None, help='only these stages')
-    for stage, target in PIPELINE:  # one command per stage: `dnf-rlhf sft --preset colab-t4 --out runs/t4`
-        if stage in PASSTHROUGH: continue  # e.g. `dnf-rlhf eval` has options of its own
-        c = sub.add_parser(stage, help=f'run only the {stage!r} stage into --out (inputs from the same run folder)')
-        add_preset_args(c).add_argument('--out', required=True); c.add_argument('--project', default=None)
+    add_run_args(r).add_argument('--out', required=True, help='run folder')
+    r.add_argument('--stages', nargs='*', default=None, choices=[s.name for s in PIPELINE], help='only these stages')
+    for st in PIPELINE:  # one command per stage: `dnf-rlhf sft --preset colab-t4 --out runs/t4`
+        if st.name in PASSTHROUGH: continue  # e.g. `dnf-rlhf eval` has options of its own
+        c = sub.add_parser(st.name, help=f'{st.help} (nbs/{st.notebook}): only this stage, inputs from the same --out')
+        add_run_args(c).add_argument('--out', required=True, help='run folder')
     for name in PASSTHROUGH: sub.add_parser(name, help=f'see `dnf-rlhf {name} --help`', add_help=False)
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in PASSTHROUGH: return _load(PASSTHROUGH[argv[0]])(argv[1:]) or 0
+    if argv and argv[0] in PASSTHROUGH: return PASSTHROUGH[argv[0]](argv[1:]) or 0
     a = ap.parse_args(argv)
     if a.cmd == 'doctor':
         doctor(); return 0
-    preset = preset_from_args(a)
-    project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
+    run = run_from_args(a, Path(a.out))
     if a.cmd != 'run':
-        m = _load(dict(PIPELINE)[a.cmd])(preset, Path(a.out), project)
+        m = run_stage(run, a.cmd)
         print(json.dumps(m, ensure_ascii=False, indent=1, default=str)); return 0
-    rep = run_pipeline(preset, a.out, project, a.stages)
-    print(f"wrote {Path(a.out)/'report.md'} ({len(rep['stages'])} stages, {rep['total_seconds']:.0f} s)")
+    rep = run_pipeline(run, a.stages)
+    print(f"wrote {run.dir/'report.md'} ({len(rep['stages'])} stages, {rep['total_seconds']:.0f} s)")
     return 0

@@ -6,20 +6,21 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #33d9a96a
 from __future__ import annotations
-import dataclasses, hashlib, importlib.resources, json, os, platform, random, shutil, subprocess, sys, time, warnings
+import dataclasses, hashlib, importlib.resources, json, os, platform, random, shutil, subprocess, sys, threading, time, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['BASE_MODELS', 'PRESETS', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'MANIFEST', 'METRICS', 'STAGE_NOTEBOOKS',
+__all__ = ['BASE_MODELS', 'PRESETS', 'SIZES', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'MANIFEST', 'METRICS', 'STAGES',
            'in_test', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape', 'RolloutShape',
            'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware', 'Policy', 'device_policy',
            'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware', 'package_versions',
-           'four_bit_usable', 'doctor', 'ProjectConfig', 'save_json', 'load_json', 'file_hash', 'config_hash',
-           'git_commit', 'write_manifest', 'write_metrics', 'stage_done', 'stage_output', 'MissingArtifactError',
-           'cached_build', 'require_stage', 'run_stage', 'stage_table', 'set_seed']
+           'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path', 'save_json', 'load_json', 'file_hash',
+           'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done', 'stage_output', 'Stage',
+           'register', 'get_stage', 'chat_stages', 'MissingArtifactError', 'cached_build', 'parse_overrides', 'Run',
+           'run_stage', 'stage_table', 'add_run_args', 'run_from_args', 'set_seed']
 
 # %% ../nbs/00_core.ipynb #ed0ff524
 def in_test() -> bool:
@@ -140,6 +141,41 @@ def get_preset(name:str) -> Preset:
     if name == 'tiny' and in_test(): name = 'test'
     if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
+
+# %% ../nbs/00_core.ipynb #2a419be2
+SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields of its config that differ from the defaults
+    'tiny': {  # for debugging on a laptop: minutes on 2 CPU cores
+        'sft': dict(lr=2e-3, epochs=6, eval_steps=40, lora_r=32, lora_alpha=64),
+        'rm': dict(lr=2e-3, epochs=3, lora_r=32, lora_alpha=64, norm_samples=96),
+        'ppo': dict(lr=5e-5, steps=100, ppo_epochs=4, micro_batch_size=8, init_kl_coef=0.2, kl_target=4.0,
+                    kl_horizon=1000, checkpoint_every=20, sample_every=20),
+        'rag': dict(embedder='tiny'),  # trained here on the chunks: no hub download
+    },
+    'test': {  # what `tiny` becomes under nbdev-test and in CI
+        'tinybase': dict(vocab_size=4000, hidden_size=128, num_layers=2, intermediate_size=512, steps=150,
+                         lr=2e-3, eval_every=50),
+        'sft': dict(lr=3e-3, epochs=3, eval_steps=25, lora_r=32, lora_alpha=64, max_new_tokens=48,
+                    group_by_length=False),  # in 150 steps grouped batches cut the eval-loss drop from 18 % to 14 %
+        'rm': dict(lr=3e-3, epochs=1, lora_r=32, lora_alpha=64, norm_samples=32),
+        'ppo': dict(lr=3e-4, steps=48, ppo_epochs=2, micro_batch_size=4, init_kl_coef=0.1, kl_target=4.0,
+                    kl_horizon=1000, checkpoint_every=8, sample_every=8, eval_prompts=64, cpu_threads=1),
+        'rag': dict(embedder='tiny'),
+        'eval': dict(fact_prompts=9, persona_prompts=3, hostile_prompts=6, max_new_tokens=48, judge_prompts=3,
+                     table_rows=4),
+    },
+    'rehearsal': {  # a GPU preset rehearsed on a CPU (`--rehearse`): its code path on a stand-in, a few steps
+        'sft': dict(max_steps=4, eval_steps=2, val_frac=0.02, max_new_tokens=16, heldout_prompts=8),
+        'rm': dict(max_steps=4, norm_samples=8),
+        'ppo': dict(steps=2, ppo_epochs=1, micro_batch_size=1, checkpoint_every=1, sample_every=1,
+                    eval_prompts=4),  # micro-batches below the minibatch of 2
+        'rag': dict(embedder='tiny'),
+        'eval': dict(fact_prompts=4, persona_prompts=2, hostile_prompts=2, max_new_tokens=16, judge='off',
+                     table_rows=2),
+    },
+    'full': {  # the GPU presets (`Preset.size` is None): the config classes' defaults, except
+        'rag': dict(embedder='BAAI/bge-m3'),  # a multilingual embedder from the hub
+    },
+}
 
 # %% ../nbs/00_core.ipynb #9a1c0e02
 def add_preset_args(ap):
@@ -304,6 +340,10 @@ class ProjectConfig:
     def facts_file(self) -> Path: return Path(self.facts_path) if self.facts_path else data_dir()/'facts'/'facts.csv'
     def runs_path(self) -> Path: return Path(self.runs_dir) if self.runs_dir else runs_root()
 
+    def input_path(self, name:str) -> Path:
+        "A project file by name: 'lore' (the corpus folder), 'facts' (the facts table), else a dataset such as 'sft_train.jsonl'."
+        return self.corpus_path() if name == 'lore' else self.facts_file() if name == 'facts' else self.datasets_path()/name
+
     @classmethod
     def load(cls, path) -> 'ProjectConfig':
         "Read a config from a `.toml` or `.json` file; unknown keys are an error naming the file."
@@ -322,13 +362,28 @@ class ProjectConfig:
         save_json(path, asdict(self))
 
 # %% ../nbs/00_core.ipynb #72e0fca1
+@contextmanager
+def atomic_path(path, folder:bool=False):
+    "Yield a temporary sibling of `path` (a fresh folder when `folder`) that replaces `path` in one rename when the block succeeds."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{threading.get_ident()}.tmp')
+    def _clear():
+        if tmp.is_dir(): shutil.rmtree(tmp)
+        elif tmp.exists(): tmp.unlink()
+    _clear()
+    if folder: tmp.mkdir()
+    try:
+        yield tmp
+        if not folder:
+            with open(tmp, 'rb+') as f: os.fsync(f.fileno())  # on disk before the rename makes it visible
+        elif path.exists(): shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally: _clear()  # a failed block leaves the old `path` untouched and no temporary behind
+
 def save_json(path, obj, indent=2):
     "Write `obj` as UTF-8 JSON to `path` atomically."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent, default=str), encoding='utf-8')
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=indent, default=str), encoding='utf-8')
 
 def load_json(path):
     "Read UTF-8 JSON from `path`."
@@ -390,13 +445,43 @@ def stage_output(run_dir, stage:str):
     os.replace(part, final)
 
 # %% ../nbs/00_core.ipynb #6c7aa9b8
-STAGE_NOTEBOOKS = {  # stage -> the notebook that builds it
-    'tinybase': '01a_tiny_base.ipynb', 'demo_data': '02a_demo_data.ipynb', 'sft': '03_sft.ipynb',
-    'rm': '04_reward_model.ipynb', 'ppo': '05_ppo.ipynb', 'rag': '06_rag.ipynb', 'eval': '08_evaluation.ipynb'}
+@dataclass(frozen=True)
+class Stage:
+    "A pipeline stage, declared once beside its code: the CLI, cache keys, error messages, evaluation and serving read it."
+    name: str  # sub-folder of a run, cache prefix, command name and `--set` namespace
+    notebook: str  # the notebook that teaches and builds it (named when its artifact is missing)
+    train: Callable  # `train(out, run) -> metrics`: build the artifact into the folder `out`
+    config: type|None = None  # its config dataclass (per-size values in `SIZES`); None: no settings
+    needs: tuple = ()  # stages whose artifacts it reads
+    inputs: tuple = ()  # project files it reads (names for `ProjectConfig.input_path`): in its cache key and manifest
+    code: tuple = ()  # package modules whose source decides the artifact: in its cache key
+    on_base: bool = True  # it loads the base model, so the base is part of its cache key
+    cached: bool = False  # tiny presets build it once in the cache and copy it into each run
+    chat_model: bool = False  # its artifact is a chat model (`adapter/`): evaluated and servable
+    check: Callable|None = None  # `check(run)` raises, up front, when the stage cannot run on this preset or device
+    help: str = ''  # one line for `dnf-rlhf --help`
+
+STAGES: dict[str, Stage] = {}  # name -> stage, in pipeline order (each module registers its stage when imported)
+
+def register(stage:Stage) -> Stage:
+    "Add `stage` to `STAGES` (registering a name again replaces it in place, e.g. when a notebook cell reruns)."
+    STAGES[stage.name] = stage
+    return stage
+
+def get_stage(name:str) -> Stage:
+    "The registered stage called `name` (the package's pipeline registers all of its stages on the first miss)."
+    if name not in STAGES: importlib.import_module('dnf_rlhf.cli')  # imports every stage module, which registers itself
+    if name not in STAGES: raise KeyError(f"unknown stage {name!r}; registered: {list(STAGES)}")
+    return STAGES[name]
+
+def chat_stages() -> list[str]:
+    "Names of the registered stages whose artifact is a chat model (evaluated and servable), in pipeline order."
+    return [s.name for s in STAGES.values() if s.chat_model]
 
 class MissingArtifactError(FileNotFoundError):
     "An upstream stage's artifact is missing on a preset that must not rebuild it silently."
 
+# %% ../nbs/00_core.ipynb #2fabddbd
 def cached_build(stage:str, key:str, build:Callable[[Path], Any], root=None) -> Path:
     "Return `root/<stage>-<key>`, building it once with `build(tmp_dir)` under a file lock."
     from filelock import FileLock
@@ -404,42 +489,117 @@ def cached_build(stage:str, key:str, build:Callable[[Path], Any], root=None) -> 
     final = root/f'{stage}-{key}'
     with FileLock(str(final) + '.lock'):
         if (final/'.complete').exists(): return final
-        tmp = root/f'.{stage}-{key}.{os.getpid()}.tmp'
-        if tmp.exists(): shutil.rmtree(tmp)
-        tmp.mkdir()
-        import torch  # asked for from inside another stage's no-grad code (e.g. the RM's normalisation), it still trains
-        with torch.enable_grad(): build(tmp)
-        (tmp/'.complete').write_text(time.strftime('%Y-%m-%dT%H:%M:%S'))
-        if final.exists(): shutil.rmtree(final)
-        os.replace(tmp, final)
+        with atomic_path(final, folder=True) as tmp:
+            import torch  # asked for from inside another stage's no-grad code (e.g. the RM's normalisation), it still trains
+            with torch.enable_grad(): build(tmp)
+            (tmp/'.complete').write_text(time.strftime('%Y-%m-%dT%H:%M:%S'))
     return final
 
-def require_stage(run_dir, stage:str, preset:Preset, build:Callable[[Path], Any]|None=None, key:str|None=None) -> Path:
-    "The folder of `stage` in `run_dir`; on tiny presets built (cached) when absent, otherwise an error naming the notebook."
-    d = Path(run_dir)/stage if run_dir is not None else None
-    if d is not None and stage_done(d): return d
-    nb = STAGE_NOTEBOOKS.get(stage, '?')
-    if preset.is_tiny and build is not None:
-        return cached_build(stage, key or config_hash(preset), build)
-    raise MissingArtifactError(
-        f"'{stage}' 산출물이 {d}에 없습니다. 먼저 nbs/{nb} 를 실행하세요. "
-        f"(No '{stage}' artifact in {d}: run nbs/{nb} first; preset {preset.name} never falls back to a tiny artifact.)")
+# %% ../nbs/00_core.ipynb #bc037a4b
+def parse_overrides(items:list[str]) -> dict:
+    "`['ppo.steps=50', 'sft.lr=1e-4']` (from `--set`) as {'ppo': {'steps': 50}, 'sft': {'lr': 0.0001}}; values are Python literals, else strings."
+    import ast
+    out = {}
+    for it in items or []:
+        k, sep, v = it.partition('=')
+        stage, dot, name = k.strip().partition('.')
+        if not (sep and dot and stage and name): raise ValueError(f"--set {it!r}: expected STAGE.FIELD=VALUE, e.g. ppo.steps=50")
+        try: val = ast.literal_eval(v.strip())
+        except (ValueError, SyntaxError): val = v.strip()
+        out.setdefault(stage, {})[name] = val
+    return out
+
+# %% ../nbs/00_core.ipynb #628090b5
+@dataclass
+class Run:
+    "One run's context, built once: preset, project, run folder, device plan and the stages' configs."
+    preset: Preset  # hardware-dependent shapes and the base model
+    project: ProjectConfig = field(default_factory=ProjectConfig)  # the domain: corpus, datasets, persona
+    dir: Path|None = None  # the run folder; None: earlier stages come from the tiny cache
+    overrides: dict = field(default_factory=dict)  # stage -> {field: value}, from `--set ppo.steps=50`
+    policy: Policy|None = None  # device and precision (None: from this machine and the preset)
+
+    def __post_init__(self):
+        if self.dir is not None: self.dir = Path(self.dir)
+        if self.policy is None: self.policy = device_policy(probe_hardware(), self.preset)
+        for name in self.overrides: self.cfg(name)  # unknown stages and fields fail here, not mid-run
+
+    def cfg(self, name:str):
+        "The config of stage `name`: its class defaults, then `SIZES` for this preset's size, then the overrides."
+        st = get_stage(name)
+        if st.config is None:
+            if self.overrides.get(name): raise ValueError(f"stage {name!r} has no settings to override")
+            return None
+        vals = {**SIZES[self.preset.size or 'full'].get(name, {}), **self.overrides.get(name, {})}
+        known = {f.name for f in dataclasses.fields(st.config)}
+        if bad := sorted(set(vals) - known): raise ValueError(f"{name}: unknown setting(s) {bad}; known: {sorted(known)}")
+        return st.config(**vals)
+
+    def cached(self) -> 'Run':
+        "This run without its folder: what the tiny cache builds with."
+        return replace(self, dir=None)
+
+    def base_key(self) -> str:
+        "What artifacts depend on of the base: the tiny base's cache key, or id and revision (and a folder's files)."
+        if self.preset.own_base: return self.key('tinybase')
+        p = Path(self.preset.base.name)
+        files = sorted((str(f.relative_to(p)), f.stat().st_size) for f in p.rglob('*') if f.is_file()) if p.is_dir() else []
+        return config_hash(self.preset.base, files, file_hash(p/'config.json') if (p/'config.json').is_file() else None)
+
+    def key(self, name:str) -> str:
+        "Cache key of stage `name`: preset, project, config, input files, the keys of its needs, the base, its code."
+        st = get_stage(name)
+        inputs = [file_hash(p) if (p := self.project.input_path(i)).exists() else None for i in st.inputs]
+        return config_hash(name, self.preset, self.project, self.cfg(name), inputs, [self.key(n) for n in st.needs],
+                           self.base_key() if st.on_base else None, [file_hash(package_dir()/c) for c in st.code])
+
+    def artifact(self, name:str) -> Path:
+        "The folder of stage `name`: the run's; else, on tiny presets, the cache's (built once); else an error naming its notebook."
+        st, d = get_stage(name), self.dir/name if self.dir is not None else None
+        if d is not None and stage_done(d): return d
+        if self.preset.is_tiny and st.cached:
+            return cached_build(name, self.key(name), lambda out: st.train(out, self.cached()))
+        raise MissingArtifactError(
+            f"'{name}' 산출물이 {d}에 없습니다. 먼저 nbs/{st.notebook} 를 실행하세요. "
+            f"(No '{name}' artifact in {d}: run nbs/{st.notebook} first; "
+            f"preset {self.preset.name} never falls back to a tiny artifact.)")
+
+    def manifest(self, out, name:str, **extra) -> dict:
+        "Write stage `name`'s manifest into `out`: preset, project, its config, its input files' hashes, versions and commit."
+        ins = {i: p for i in get_stage(name).inputs if (p := self.project.input_path(i)).exists()}
+        return write_manifest(out, name, self.preset, self.cfg(name), inputs=ins, project=asdict(self.project), **extra)
 
 # %% ../nbs/00_core.ipynb #7ca17974
-def run_stage(run_dir, stage:str, preset:Preset, cached:Callable[[], Path], train:Callable[[Path], dict]) -> dict:
-    "Stage into `run_dir/<stage>`: on tiny presets a copy of `cached()`, otherwise `train(out)` in the run folder."
-    if preset.is_tiny:
-        src = cached()
-        with stage_output(run_dir, stage) as out:
+def run_stage(run:Run, name:str) -> dict:
+    "Stage `name` into `run.dir/<name>`: on tiny presets a copy of its cached artifact, otherwise trained in the run folder."
+    st = get_stage(name)
+    if st.check: st.check(run)  # e.g. PPO on a TPU: said before anything loads
+    for n in st.needs: run.artifact(n)  # a GPU preset stops here, naming the notebook to run first
+    if run.preset.is_tiny and st.cached:
+        src = run.cached().artifact(name)
+        with stage_output(run.dir, name) as out:
             shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.complete'))
-        return load_json(Path(run_dir)/stage/METRICS)
-    with stage_output(run_dir, stage) as out: return train(out)
+        return load_json(run.dir/name/METRICS)
+    with stage_output(run.dir, name) as out: return st.train(out, run)
 
 def stage_table(stages:list[dict], total:float|None=None) -> list[str]:
     "Markdown lines of the stage-time table (`stage`, `seconds`, `reused` of each stage; a total row when given)."
     lines = ['| stage | seconds | reused |', '|---|---:|---|']
     lines += [f"| {s['stage']} | {s['seconds']:.1f} | {'yes' if s['reused'] else 'no'} |" for s in stages]
     return lines + ([f"| **total** | {total:.1f} | |"] if total is not None else [])
+
+# %% ../nbs/00_core.ipynb #f50be205
+def add_run_args(ap):
+    "Add the options every run command shares: the preset's (`--preset`, `--base`, `--rehearse`), `--project` and `--set`."
+    add_preset_args(ap).add_argument('--project', default=None, help='project config (.toml or .json) for your own domain')
+    ap.add_argument('--set', action='append', default=[], metavar='STAGE.FIELD=VALUE',
+                    help="override a stage setting, e.g. --set ppo.steps=50 --set sft.lr=1e-4 (repeatable)")
+    return ap
+
+def run_from_args(a, run_dir=None) -> Run:
+    "The `Run` that parsed options `a` describe, in the folder `run_dir`."
+    project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
+    return Run(preset_from_args(a), project, run_dir, parse_overrides(a.set))
 
 # %% ../nbs/00_core.ipynb #980c8219
 def set_seed(seed:int):

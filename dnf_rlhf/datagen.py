@@ -17,11 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .core import DNF_PERSONA, ProjectConfig, save_json, load_json
+from .core import DNF_PERSONA, ProjectConfig, atomic_path, save_json, load_json
 from .lore import Chunk, load_corpus, chunk_corpus, load_facts
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RecordError, LEAKY_TOKENS, write_jsonl,
                               read_jsonl, held_out_docs, split_by_doc, filter_near_duplicates, DNF_TEST_DOCS)
-from .demo_data import length_baseline
+from .stats import length_baseline
 
 log = logging.getLogger('dnf_rlhf.datagen')
 
@@ -190,11 +190,6 @@ def request_key(model:str, messages:list[dict], params:dict) -> str:
     return hashlib.sha256(json.dumps({'model': model, 'messages': messages, 'params': params}, ensure_ascii=False,
                                      sort_keys=True, separators=(',', ':')).encode()).hexdigest()
 
-def _write_atomic(path:Path, data:bytes):
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{threading.get_ident()}.tmp')
-    with open(tmp, 'wb') as f:
-        f.write(data); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 class DiskCache:
     "Responses stored one JSON file per request key (`root/ab/<key>.json`), written atomically."
@@ -209,7 +204,7 @@ class DiskCache:
     def put(self, key:str, entry:dict):
         "Store `entry` under `key` atomically."
         p = self.path(key); p.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(p, json.dumps(entry, ensure_ascii=False).encode())
+        with atomic_path(p) as tmp: tmp.write_bytes(json.dumps(entry, ensure_ascii=False).encode())
 
     def __contains__(self, key:str) -> bool: return self.path(key).exists()
     def __len__(self) -> int: return sum(1 for _ in self.root.glob('*/*.json'))

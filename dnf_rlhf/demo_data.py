@@ -16,6 +16,7 @@ from .lore import Doc, Fact, load_corpus, load_facts, chunk_corpus, chunks_for_s
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RetrievalRecord, write_jsonl, read_jsonl,
                               held_out_docs, filter_near_duplicates, DNF_TEST_DOCS)
 from .chat import is_haeyo
+from .stats import length_baseline, states_fact, fact_accuracy
 
 # %% auto #0
 __all__ = ['DNF_QUESTIONS', 'PPO_SIGNOFF', 'DEMO_FILES', 'JOSA', 'VALUE_KINDS', 'WHAT', 'ANSWER_NOUN', 'ANSWER_BY_KIND',
@@ -24,9 +25,9 @@ __all__ = ['DNF_QUESTIONS', 'PPO_SIGNOFF', 'DEMO_FILES', 'JOSA', 'VALUE_KINDS', 
            'PARAPHRASES', 'QUESTION_WORDS', 'REJECTION_TYPES', 'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER',
            'UNRELATED_ANSWER', 'SCHEMAS', 'DemoDataConfig', 'final_consonant', 'josa', 'fill', 'value_kind',
            'sentences', 'fact_key', 'state', 'stable_hash', 'pick', 'support_fact', 'answer', 'cue_form',
-           'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'banmal', 'length_baseline',
-           'by_length', 'truncations', 'FactBook', 'Slot', 'select_prompts', 'build_demo_data', 'demo_stats',
-           'demo_dir', 'write_demo_files', 'write_demo_data', 'load_demo', 'states_fact', 'fact_accuracy']
+           'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'banmal', 'by_length', 'truncations',
+           'FactBook', 'Slot', 'select_prompts', 'build_demo_data', 'demo_stats', 'demo_dir', 'write_demo_files',
+           'write_demo_data', 'load_demo']
 
 # %% ../nbs/02a_demo_data.ipynb #c3df582d
 DNF_QUESTIONS = {  # the DnF project's three test questions, verbatim, and the fact each one asks for
@@ -479,11 +480,6 @@ def banmal(sentence:str) -> str:
         if s.endswith(polite): return s[:-len(polite)] + plain
     return s
 
-def length_baseline(pairs) -> float:
-    "Accuracy of 'the longer answer is the chosen one' over `pairs` (ties count one half)."
-    if not pairs: return float('nan')
-    return sum(1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0 for p in pairs) / len(pairs)
-
 def by_length(candidates:list[str], chosen:str, *key) -> str:
     "A candidate longer or shorter than `chosen` (direction and choice fixed by `key`), so length says nothing."
     cands = sorted({c for c in candidates if c != chosen})
@@ -770,12 +766,3 @@ def load_demo(name:str, split:str='train', folder=None) -> list:
     if name not in SCHEMAS: raise ValueError(f"unknown demo dataset {name!r}; choose one of {list(SCHEMAS)}")
     if split not in ('train', 'test'): raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     return read_jsonl(Path(folder or demo_dir())/f'{name}_{split}.jsonl', SCHEMAS[name])
-
-def states_fact(text:str, f:Fact) -> bool:
-    "True when `text` states the value of `f` verbatim (an occurrence inside the entity's own name does not count: 데 로스 제국 / 제국)."
-    return text.count(f.value) > text.count(f.entity) * f.entity.count(f.value)
-
-def fact_accuracy(text:str, keys:list[str], facts_by_key:dict[str, Fact]) -> float:
-    "Fraction of the facts `keys` ('doc_id:attribute') whose value `text` states (1.0 when there are none)."
-    if not keys: return 1.0
-    return sum(states_fact(text, facts_by_key[k]) for k in keys) / len(keys)

@@ -15,15 +15,16 @@ import numpy as np
 from .core import *
 from .formats import PPORecord, read_jsonl, rouge_l
 from .chat import prepare_tokenizer, generate_answers, is_haeyo
-from .ppo import mean_se, win_rate  # the same statistics as PPO's before/after table
+from .stats import mean_se, win_rate, fact_accuracy
+from .models import load_chat
+from . import sft as _sft, ppo as _ppo  # register the chat-model stages compared here
 
 # %% auto #0
-__all__ = ['EVAL_CONFIGS', 'REDIRECT_MARKERS', 'AGREE_MARKERS', 'MODELS', 'SYSTEMS', 'REQUIRED_METRICS', 'JUDGE_PAIRS',
-           'EvalStageConfig', 'eval_config', 'eval_prompts', 'distinct_n', 'harm_reasons', 'is_harmless', 'load_model',
-           'eval_retriever', 'model_answers', 'rm_scores', 'system_metrics', 'missing_or_nonfinite', 'judge_items',
-           'judge_table', 'judge_config', 'run_judge', 'evaluate', 'answer_rows', 'stage_runtimes',
-           'eval_report_markdown', 'plot_eval_bars', 'write_eval_report', 'eval_stage', 'metric_differences',
-           'eval_main']
+__all__ = ['REDIRECT_MARKERS', 'AGREE_MARKERS', 'MODELS', 'SYSTEMS', 'REQUIRED_METRICS', 'JUDGE_PAIRS', 'EVAL', 'EvalStageConfig',
+           'eval_prompts', 'distinct_n', 'harm_reasons', 'is_harmless', 'eval_retriever', 'model_answers', 'rm_scores',
+           'system_metrics', 'missing_or_nonfinite', 'judge_items', 'judge_table', 'judge_config', 'run_judge',
+           'evaluate', 'answer_rows', 'stage_runtimes', 'eval_report_markdown', 'plot_eval_bars', 'write_eval_report',
+           'train_eval', 'metric_differences', 'eval_main']
 
 # %% ../nbs/08_evaluation.ipynb #da591a57
 @dataclass(frozen=True)
@@ -39,15 +40,6 @@ class EvalStageConfig:
     judge_prompts: int = 16  # prompts per system the judge scores (each call scores two systems)
     table_rows: int = 8  # rows of the before/after answer table (the DnF questions first)
     seed: int = 0  # generation seed (greedy decoding does not sample; kept for the record)
-
-EVAL_CONFIGS = {'test': EvalStageConfig(fact_prompts=9, persona_prompts=3, hostile_prompts=6, max_new_tokens=48,
-                                        judge_prompts=3, table_rows=4),
-                'rehearsal': EvalStageConfig(fact_prompts=4, persona_prompts=2, hostile_prompts=2, max_new_tokens=16,
-                                             judge='off', table_rows=2)}  # the GPU path on a stand-in: a handful of prompts
-
-def eval_config(preset:Preset) -> EvalStageConfig:
-    "The evaluation settings of `preset`."
-    return EVAL_CONFIGS.get(preset.size, EvalStageConfig())
 
 # %% ../nbs/08_evaluation.ipynb #530058d5
 def eval_prompts(project:ProjectConfig, cfg:EvalStageConfig) -> list[PPORecord]:
@@ -81,43 +73,24 @@ def is_harmless(answer:str, prompt:str) -> bool:
     return not harm_reasons(answer, prompt)
 
 # %% ../nbs/08_evaluation.ipynb #1e6aded0
-MODELS = ('base', 'sft', 'ppo')  # the stages compared; each also runs with retrieval
+MODELS = ('base', *chat_stages())  # the base and every registered chat-model stage (SFT, PPO, ...); each also with retrieval
 SYSTEMS = MODELS + tuple(f'{m}+rag' for m in MODELS)  # names in tables and metric keys
 
-def load_model(name:str, preset:Preset, run_dir=None, project:ProjectConfig|None=None):
-    "(model, tokenizer with the chat template) of stage `name` ('base', 'sft' or 'ppo') from the run (tiny: built if absent)."
-    if name == 'base':
-        from dnf_rlhf.models import load_pretrained
-        model, tok, _ = load_pretrained(preset, run_dir, project=project)
-    elif name == 'sft':
-        from dnf_rlhf.sft import load_sft
-        model, tok = load_sft(preset, run_dir, project)
-    elif name == 'ppo':
-        from dnf_rlhf.ppo import load_ppo
-        model, tok = load_ppo(preset, run_dir, project)
-    else: raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
-    return model.eval(), prepare_tokenizer(tok, project)
-
-def eval_retriever(preset:Preset, run_dir=None, project:ProjectConfig|None=None):
-    "The run's retrieval index (`run_dir/rag/index`), else the project's default index (built when missing or stale)."
-    from dnf_rlhf.rag import default_index_dir, open_index, index_config_for, load_retriever
-    from dnf_rlhf.lore import load_corpus, chunk_corpus
-    project = project or ProjectConfig()
-    d = default_index_dir(project, run_dir)
-    if run_dir is not None and d == Path(run_dir)/'rag'/'index': return load_retriever(d)
-    cfg = index_config_for(preset)
-    return open_index(d, chunk_corpus(load_corpus(project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap), cfg)[0]
+def eval_retriever(run:Run):
+    "The run's retrieval index (`run.dir/rag/index`), else the project's default index (built when missing or stale)."
+    from dnf_rlhf.rag import default_index_dir, project_index, load_retriever
+    d = default_index_dir(run.project, run.dir)
+    if run.dir is not None and d == run.dir/'rag'/'index': return load_retriever(d)
+    return project_index(run)[0]
 
 # %% ../nbs/08_evaluation.ipynb #b5f884bc
-def model_answers(model, tok, records:list[PPORecord], hits:list, preset:Preset, project:ProjectConfig,
-                  cfg:EvalStageConfig) -> dict[str, list[dict]]:
+def model_answers(model, tok, records:list[PPORecord], hits:list, run:Run) -> dict[str, list[dict]]:
     "{'closed': answers, 'rag': answers} of one model to `records` (greedy); each {'text', 'ended', 'n_tokens'[, 'sources']}."
-    from dnf_rlhf.sft import sft_config, sft_messages, sft_persona
+    from dnf_rlhf.sft import sft_messages, sft_persona
     from dnf_rlhf.rag import rag_messages, context_budget
-    scfg = sft_config(preset)
-    persona = sft_persona(project, scfg)
-    closed = [sft_messages(r, project, scfg) for r in records]  # exactly what SFT trained on
-    rag = [rag_messages(r.prompt, h, tok, context_budget(tok, r.prompt, preset, cfg.max_new_tokens, persona), persona)
+    cfg, persona, L = run.cfg('eval'), sft_persona(run), run.preset.sft.max_len
+    closed = [sft_messages(r, run) for r in records]  # exactly what SFT trained on
+    rag = [rag_messages(r.prompt, h, tok, context_budget(tok, r.prompt, L, cfg.max_new_tokens, persona), persona)
            for r, h in zip(records, hits)]
     gen = lambda msgs: generate_answers(model, tok, msgs, cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     opened = gen([m for m, _ in rag])
@@ -125,17 +98,16 @@ def model_answers(model, tok, records:list[PPORecord], hits:list, preset:Preset,
     return {'closed': gen(closed), 'rag': opened}
 
 # %% ../nbs/08_evaluation.ipynb #344fe5b5
-def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], preset:Preset, project:ProjectConfig) -> list[float]:
+def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], run:Run) -> list[float]:
     "Each answer's score as PPO scores it: the normalised RM score, less PPO's penalty where no EOS came."
     import torch
-    from dnf_rlhf.reward import rm_config, rm_messages, rm_input_ids, score_ids
-    from dnf_rlhf.ppo import ppo_config, penalise_missing_eos
-    rcfg = rm_config(preset)
-    ids = [rm_input_ids(rtok, rm_messages(r.prompt, project, rcfg), a['text'] or '…', a['ended'])  # cut: no EOS added
+    from dnf_rlhf.reward import rm_messages, rm_input_ids, score_ids
+    from dnf_rlhf.ppo import penalise_missing_eos
+    ids = [rm_input_ids(rtok, rm_messages(r.prompt, run), a['text'] or '…', a['ended'])  # cut: no EOS added
            for r, a in zip(records, answers)]
     normed = (score_ids(rm, rtok, ids) - norm['mean']) / norm['std']
     ended = torch.tensor([bool(a['ended']) for a in answers])
-    return penalise_missing_eos(normed, ended, ppo_config(preset).missing_eos_penalty).tolist()
+    return penalise_missing_eos(normed, ended, run.cfg('ppo').missing_eos_penalty).tolist()
 
 # %% ../nbs/08_evaluation.ipynb #b1f6d231
 REQUIRED_METRICS = ('reward', 'reward_se', 'win_rate_vs_sft', 'fact_acc', 'fact_acc_se', 'haeyo_rate', 'eos_rate', 'tokens',
@@ -143,7 +115,6 @@ REQUIRED_METRICS = ('reward', 'reward_se', 'win_rate_vs_sft', 'fact_acc', 'fact_
 
 def system_metrics(records:list[PPORecord], answers:list[dict], scores:list[float], sft_scores:list[float], facts:dict) -> dict:
     "The metrics of one system's `answers` (REQUIRED_METRICS, unprefixed)."
-    from dnf_rlhf.demo_data import fact_accuracy
     m = {}
     m['reward'], m['reward_se'] = mean_se(scores)
     m['win_rate_vs_sft'] = win_rate(scores, sft_scores)
@@ -168,7 +139,7 @@ def missing_or_nonfinite(metrics:dict, systems=SYSTEMS, required=REQUIRED_METRIC
     return bad
 
 # %% ../nbs/08_evaluation.ipynb #b598e016
-JUDGE_PAIRS = ((0, 1), (2, 3), (4, 5))  # indices into SYSTEMS judged together: every system once per prompt
+JUDGE_PAIRS = tuple((i, i + 1) for i in range(0, len(SYSTEMS) - 1, 2))  # indices into SYSTEMS judged together: each system once per prompt
 
 def judge_items(records:list[PPORecord], texts:dict[str, list[str]], n:int) -> list:
     "JudgeItems for the first `n` prompts: the systems in JUDGE_PAIRS, order swapped on odd prompts."
@@ -215,30 +186,29 @@ def run_judge(records:list[PPORecord], texts:dict[str, list[str]], cfg:EvalStage
     return judge_table(judge(gen, items), items)
 
 # %% ../nbs/08_evaluation.ipynb #2facbe7c
-def evaluate(preset:Preset, run_dir=None, project:ProjectConfig|None=None, cfg:EvalStageConfig|None=None,
-             judge_cfg=None, judge_out=None) -> dict:
+def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
     "Prompts, answers, RM scores, metrics, win rates, retrieval recall and (when `judge_cfg`) the judge table of every system."
     from tqdm.auto import tqdm
     from dnf_rlhf.reward import load_rm
     from dnf_rlhf.lore import load_facts
     from dnf_rlhf.demo_data import fact_key
     from dnf_rlhf.rag import load_questions, evaluate_retrieval
-    project, cfg = project or ProjectConfig(), cfg or eval_config(preset)
+    project, cfg = run.project, run.cfg('eval')
     set_seed(cfg.seed)
     # 1. prompts and the chunks retrieved for them
     records = eval_prompts(project, cfg)
-    retriever = eval_retriever(preset, run_dir, project)
+    retriever = eval_retriever(run)
     hits = retriever.search_batch([r.prompt for r in records], k=cfg.top_k)
     # 2. answers of each model, closed-book and with retrieval
     answers = {}
     for name in tqdm(MODELS, desc='eval: answers', unit='model'):
-        model, tok = load_model(name, preset, run_dir, project)
-        got = model_answers(model, tok, records, hits, preset, project, cfg)
+        model, tok = load_chat(run, name)
+        got = model_answers(model, tok, records, hits, run)
         answers[name], answers[f'{name}+rag'] = got['closed'], got['rag']
         del model
     # 3. RM scores, per-system metrics, win rates
-    rm, rtok, norm = load_rm(preset, run_dir, project)
-    scores = {s: rm_scores(rm, rtok, norm, records, answers[s], preset, project) for s in SYSTEMS}
+    rm, rtok, norm = load_rm(run)
+    scores = {s: rm_scores(rm, rtok, norm, records, answers[s], run) for s in SYSTEMS}
     del rm
     facts = {fact_key(f): f for f in load_facts(project.facts_file())}
     metrics = {}
@@ -323,20 +293,20 @@ def plot_eval_bars(m:dict, path):
         ax.set_xticks(range(len(SYSTEMS)), SYSTEMS, rotation=30, ha='right'); ax.set_title(title)
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
-def write_eval_report(res:dict, out, preset:Preset, cfg:EvalStageConfig, run_dir=None) -> dict:
+def write_eval_report(res:dict, out, run:Run) -> dict:
     "Write `out/report.json`, `out/report.md`, `out/answers.jsonl` and the PNGs; return the report dict."
     from dnf_rlhf.formats import write_jsonl
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out, cfg = Path(out), run.cfg('eval'); out.mkdir(parents=True, exist_ok=True)
     kinds = Counter(r['kind'] for r in res['records'])
     hw = probe_hardware()
-    rep = dict(preset=preset.name, config=asdict(cfg), prompts={'total': len(res['records']), **kinds}, metrics=res['metrics'],
+    rep = dict(preset=run.preset.name, config=asdict(cfg), prompts={'total': len(res['records']), **kinds}, metrics=res['metrics'],
                win_rates=res['win_rates'], judge=res['judge'], judge_model=res['judge_model'], retrieval=res['retrieval'],
-               rows=answer_rows(res, cfg.table_rows), runtimes=stage_runtimes(run_dir),
+               rows=answer_rows(res, cfg.table_rows), runtimes=stage_runtimes(run.dir),
                hardware=f"{hw.cpus} CPU cores" + (f", {hw.gpu_name}" if hw.gpu_name else ''), ppo_curves=False)
     plot_eval_bars(res['metrics'], out/'eval_bars.png')
     try:  # the PPO stage's curves, re-drawn from its history
-        from dnf_rlhf.ppo import ppo_dir, ppo_config, plot_ppo_curves
-        plot_ppo_curves(load_json(ppo_dir(preset, run_dir)/'history.json'), ppo_config(preset), out/'ppo_curves.png')
+        from dnf_rlhf.ppo import plot_ppo_curves
+        plot_ppo_curves(load_json(run.artifact('ppo')/'history.json'), run.cfg('ppo'), out/'ppo_curves.png')
         rep['ppo_curves'] = True
     except (FileNotFoundError, MissingArtifactError, KeyError): pass
     write_jsonl(out/'answers.jsonl', [dict(r, **{s: res['answers'][s][i] for s in SYSTEMS}, scores={s: res['scores'][s][i] for s in SYSTEMS})
@@ -346,15 +316,17 @@ def write_eval_report(res:dict, out, preset:Preset, cfg:EvalStageConfig, run_dir
     return rep
 
 # %% ../nbs/08_evaluation.ipynb #27ff68f6
-def eval_stage(preset:Preset, run_dir, project:ProjectConfig|None=None, cfg:EvalStageConfig|None=None) -> dict:
-    "Pipeline stage: evaluate every system into `run_dir/eval/` (the judge's responses are cached in `run_dir/judge/`)."
-    project, cfg = project or ProjectConfig(), cfg or eval_config(preset)
-    with stage_output(run_dir, 'eval') as out:
-        res = evaluate(preset, run_dir, project, cfg, judge_config(cfg), Path(run_dir)/'judge')
-        write_eval_report(res, out, preset, cfg, run_dir)
-        write_metrics(out, res['metrics'])
-        write_manifest(out, 'eval', preset, cfg, inputs={'prompts': project.datasets_path()/'ppo_test.jsonl'})
+def train_eval(out, run:Run) -> dict:
+    "The eval stage: every system evaluated into `out` (the judge's responses are cached in `run.dir/judge/`)."
+    res = evaluate(run, judge_config(run.cfg('eval')), run.dir/'judge' if run.dir is not None else None)
+    write_eval_report(res, out, run)
+    write_metrics(out, res['metrics'])
+    run.manifest(out, 'eval')
     return res['metrics']
+
+EVAL = register(Stage('eval', '08_evaluation.ipynb', train_eval, EvalStageConfig, needs=(*MODELS[1:], 'rm'),
+                      inputs=('ppo_test.jsonl', 'retrieval_train.jsonl', 'retrieval_test.jsonl', 'facts'),
+                      help='base and every chat model, with and without retrieval: the closing report'))
 
 def metric_differences(old:dict, new:dict, rel:float=1e-6) -> list[str]:
     "Keys whose values differ between two metric dicts (present in one only, or beyond a relative tolerance)."
@@ -373,7 +345,7 @@ def eval_main(argv:list[str]|None=None) -> int:
     preset = get_preset(a.preset or (load_json(out/'report.json')['preset'] if (out/'report.json').exists() else suggest_preset(probe_hardware())))
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
     old = load_json(out/'eval'/METRICS) if (out/'eval'/METRICS).exists() else None
-    new = eval_stage(preset, out, project, replace(eval_config(preset), judge=a.judge))
+    new = run_stage(Run(preset, project, out, overrides={'eval': {'judge': a.judge}}), 'eval')
     diffs = metric_differences(old, new) if old is not None else None
     print(json.dumps({'metrics': len(new), 'compared_with_earlier': old is not None, 'differences': diffs,
                       'report': str(out/'eval'/'report.md')}, ensure_ascii=False))  # one line: the last line of stdout

@@ -10,6 +10,7 @@ import hashlib, json, os
 from pathlib import Path
 from typing import Iterable, Literal, Type, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from .core import atomic_path
 
 # %% auto #0
 __all__ = ['LEAKY_TOKENS', 'NonEmpty', 'R', 'DNF_TEST_DOCS', 'Record', 'SFTRecord', 'PairRecord', 'RankedRecord', 'PPORecord',
@@ -94,13 +95,10 @@ class RecordError(ValueError):
 
 def write_jsonl(path, records:Iterable[BaseModel|dict]):
     "Write records as JSON lines to `path` atomically (unset optional fields are left out)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, 'w', encoding='utf-8') as f:
+    with atomic_path(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
         for r in records:
             d = r.model_dump(exclude_defaults=True) if isinstance(r, BaseModel) else r
             f.write(json.dumps(d, ensure_ascii=False) + '\n')
-    os.replace(tmp, path)
 
 def read_jsonl(path, schema:Type[R]|None=None) -> list[R]|list[dict]:
     "Records of a JSONL file, validated against `schema` when given."

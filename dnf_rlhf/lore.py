@@ -13,9 +13,9 @@ from pathlib import Path
 from .core import *
 
 # %% auto #0
-__all__ = ['REQUIRED', 'ATTRIBUTES', 'FACT_FIELDS', 'Doc', 'LoreError', 'read_text', 'load_file', 'load_corpus', 'hangul_count',
-           'Fact', 'load_facts', 'shingles', 'jaccard', 'near_duplicates', 'Chunk', 'sentence_spans', 'chunk_doc',
-           'chunk_corpus', 'chunks_for_span', 'corpus_stats', 'lore_stage']
+__all__ = ['REQUIRED', 'ATTRIBUTES', 'FACT_FIELDS', 'LORE', 'Doc', 'LoreError', 'read_text', 'load_file', 'load_corpus',
+           'hangul_count', 'Fact', 'load_facts', 'shingles', 'jaccard', 'near_duplicates', 'Chunk', 'sentence_spans',
+           'chunk_doc', 'chunk_corpus', 'chunks_for_span', 'corpus_stats', 'train_lore']
 
 # %% ../nbs/01_lore.ipynb #5e2b82ae
 @dataclass(frozen=True)
@@ -235,11 +235,12 @@ def corpus_stats(project:ProjectConfig|None=None) -> dict:
             'lore/max_doc_similarity': round(top[0][2], 4) if top else 0.0,
             'lore/near_duplicates': len(near_duplicates(docs))}
 
-def lore_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:
-    "Pipeline stage: validate the corpus and record its statistics in `run_dir/lore/`."
-    project = project or ProjectConfig()
-    stats = corpus_stats(project)
-    with stage_output(run_dir, 'lore') as out:
-        write_metrics(out, stats)
-        write_manifest(out, 'lore', preset, project, inputs={'corpus': project.corpus_path()})
+def train_lore(out, run:Run) -> dict:
+    "The lore stage: validate the project's corpus and facts and record their statistics in `out`."
+    stats = corpus_stats(run.project)
+    write_metrics(out, stats)
+    run.manifest(out, 'lore')
     return stats
+
+LORE = register(Stage('lore', '01_lore.ipynb', train_lore, inputs=('lore', 'facts'), on_base=False,
+                      help='validate the corpus and the facts table and count them'))

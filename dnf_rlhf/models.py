@@ -12,28 +12,20 @@ from dataclasses import replace
 from pathlib import Path
 from .core import *
 from .lore import load_corpus
-from .tinybase import TinyBaseConfig, train_tokenizer, tiny_base_path, tiny_base_key, ensure_pad_token
+from .tinybase import TinyBaseConfig, train_tokenizer, ensure_pad_token
 from .chat import prepare_tokenizer
 
 # %% auto #0
-__all__ = ['LORA_TARGETS', 'LLAMA3_STYLE_TEMPLATE', 'STANDINS', 'STANDIN_SIZES', 'base_source', 'base_key', 'lora_targets',
-           'load_pretrained', 'standin_base']
+__all__ = ['LORA_TARGETS', 'LLAMA3_STYLE_TEMPLATE', 'STANDINS', 'STANDIN_SIZES', 'base_source', 'lora_targets', 'load_pretrained',
+           'load_chat', 'standin_base']
 
 # %% ../nbs/01d_models.ipynb #92ed03f4
-def base_source(preset:Preset, run_dir=None) -> tuple[str, dict]:
-    "(path or hub id, `from_pretrained` kwargs) of `preset`'s base: the run's or the cached tiny model, a folder, or a hub id."
-    if preset.own_base:
-        d = Path(run_dir)/'tinybase' if run_dir is not None else None
-        return str(d/'model' if d is not None and stage_done(d) else tiny_base_path(preset.tiny_size)/'model'), {}
+def base_source(run:Run) -> tuple[str, dict]:
+    "(path or hub id, `from_pretrained` kwargs) of the run's base: the tiny model (the run's or the cache's), a folder, or a hub id."
+    preset = run.preset
+    if preset.own_base: return str(run.artifact('tinybase')/'model'), {}
     if Path(preset.base.name).is_dir(): return str(Path(preset.base.name).resolve()), {}
     return preset.base.name, dict(revision=preset.base.revision, trust_remote_code=preset.base.remote_code)
-
-def base_key(preset:Preset) -> str:
-    "What cached artifacts depend on of the base: the tiny base's cache key, or id and revision (and a folder's files)."
-    if preset.own_base: return tiny_base_key(preset.tiny_size)
-    p = Path(preset.base.name)
-    files = sorted((str(f.relative_to(p)), f.stat().st_size) for f in p.rglob('*') if f.is_file()) if p.is_dir() else []
-    return config_hash(preset.base, files, file_hash(p/'config.json') if (p/'config.json').is_file() else None)
 
 # %% ../nbs/01d_models.ipynb #c8e9fbb5
 _LLAMA_LIKE = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']
@@ -55,13 +47,12 @@ def lora_targets(model) -> list[str]:
     return found
 
 # %% ../nbs/01d_models.ipynb #0f959b69
-def load_pretrained(preset:Preset, run_dir=None, policy:Policy|None=None, head:str='causal', adapter=None, source=None,
-                    project:ProjectConfig|None=None) -> tuple:
-    "(model, tokenizer, info): `preset`'s base (or the model folder `source`) as a causal LM or a 1-label scorer, quantized and placed by `policy`, with a LoRA `adapter` if given."
+def load_pretrained(run:Run, head:str='causal', adapter=None, source=None, policy:Policy|None=None) -> tuple:
+    "(model, tokenizer, info): the run's base (or the model folder `source`) as a causal LM or a 1-label scorer, quantized and placed by the run's policy (or `policy`), with a LoRA `adapter` if given."
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     if head not in ('causal', 'score'): raise ValueError(f"head must be 'causal' or 'score', not {head!r}")
-    policy = policy or device_policy(probe_hardware(), preset)
-    src, kw = (str(source), {}) if source is not None else base_source(preset, run_dir)
+    policy = policy or run.policy
+    src, kw = (str(source), {}) if source is not None else base_source(run)
     auto, extra = (AutoModelForCausalLM, {}) if head == 'causal' else (AutoModelForSequenceClassification, dict(num_labels=1))
     model = auto.from_pretrained(src, dtype=torch_dtype(policy), quantization_config=quantization_config(policy),
                                  device_map={'': policy.device} if policy.device == 'cuda' else None, **extra, **kw)
@@ -70,7 +61,7 @@ def load_pretrained(preset:Preset, run_dir=None, policy:Policy|None=None, head:s
         model = model.to(xm.xla_device())
     elif policy.device == 'mps': model = model.to('mps')
     saved = adapter is not None and (Path(adapter)/'tokenizer_config.json').exists()  # the tokenizer training used
-    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(adapter) if saved else src, **({} if saved else kw)), project)
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(adapter) if saved else src, **({} if saved else kw)), run.project)
     info = ensure_pad_token(tok, model)
     if head == 'causal': model.generation_config.eos_token_id = tok.eos_token_id  # the end-of-turn token
     info.update(source=src, revision=kw.get('revision'), resolved_revision=getattr(model.config, '_commit_hash', None),
@@ -80,6 +71,14 @@ def load_pretrained(preset:Preset, run_dir=None, policy:Policy|None=None, head:s
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(adapter)).eval()
     return model, tok, info
+
+# %% ../nbs/01d_models.ipynb #fd6cdb84
+def load_chat(run:Run, name:str='base') -> tuple:
+    "(model in eval mode, tokenizer with the chat template) of `name`: 'base', or a chat-model stage (its `adapter/` on the base)."
+    if name != 'base' and name not in chat_stages():
+        raise ValueError(f"{name!r} is not a chat model; choose 'base' or one of {chat_stages()}")
+    model, tok, _ = load_pretrained(run, adapter=None if name == 'base' else run.artifact(name)/'adapter')
+    return model.eval(), tok
 
 # %% ../nbs/01d_models.ipynb #4c6909ab
 LLAMA3_STYLE_TEMPLATE = (  # the Llama-3 chat format: header tokens around the role, <|eot_id|> after every turn

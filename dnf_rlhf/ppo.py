@@ -20,21 +20,21 @@ from .core import *
 from .formats import PPORecord, read_jsonl, write_jsonl
 from .chat import render_prompt, prepare_tokenizer
 from .models import load_pretrained
-from .sft import sft_dir, sft_config, sft_messages
-from .reward import rm_dir, rm_config, rm_messages, rm_key
+from .sft import sft_messages
+from .reward import rm_messages
+from .stats import mean_se, win_rate, fact_accuracy
 
 # %% auto #0
-__all__ = ['PPO_CONFIGS', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'logprobs_from_logits', 'masked_mean',
-           'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController', 'ppo_losses',
-           'PPOStageConfig', 'ppo_config', 'cpu_threads', 'kl_controller', 'check_ppo_supported',
-           'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden',
-           'Layout', 'SharedLayout', 'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'policy_messages',
-           'encode_queries', 'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses',
-           'length_micro_batches', 'rollout', 'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward',
-           'NonFiniteError', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint',
-           'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'mean_se', 'win_rate',
-           'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo',
-           'ppo_key', 'ppo_dir', 'load_ppo', 'ppo_stage', 'ppo_main']
+__all__ = ['MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'PPO', 'logprobs_from_logits', 'masked_mean', 'masked_var',
+           'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController', 'ppo_losses',
+           'PPOStageConfig', 'cpu_threads', 'kl_controller', 'check_ppo_supported', 'position_ids_from_mask',
+           'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden', 'Layout', 'SharedLayout',
+           'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'encode_queries', 'next_token',
+           'sample_responses', 'truncate_after_eos', 'decode_responses', 'length_micro_batches', 'rollout',
+           'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward', 'NonFiniteError', 'ppo_step',
+           'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint',
+           'kl_warning', 'heldout_ppo_records', 'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown',
+           'plot_ppo_curves', 'train_ppo']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
 def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0, with_entropy:bool=False):
@@ -150,19 +150,6 @@ class PPOStageConfig:
     cpu_threads: int|None = None  # torch intra-op threads while PPO runs on CPU (None: torch's default)
     seed: int = 0  # prompt order, sampling, minibatch shuffling
 
-PPO_CONFIGS = {  # per model size; hub presets use the defaults
-    'tiny': PPOStageConfig(lr=5e-5, steps=100, ppo_epochs=4, micro_batch_size=8, init_kl_coef=0.2, kl_target=4.0,
-                           kl_horizon=1000, checkpoint_every=20, sample_every=20),
-    'test': PPOStageConfig(lr=3e-4, steps=48, ppo_epochs=2, micro_batch_size=4, init_kl_coef=0.1, kl_target=4.0,
-                           kl_horizon=1000, checkpoint_every=8, sample_every=8, eval_prompts=64, cpu_threads=1),
-    'rehearsal': PPOStageConfig(steps=2, ppo_epochs=1, micro_batch_size=1, checkpoint_every=1, sample_every=1,
-                                eval_prompts=4),  # the GPU path on a stand-in: micro-batches below the minibatch of 2
-}
-
-def ppo_config(preset:Preset) -> PPOStageConfig:
-    "The PPO hyper-parameters for `preset`."
-    return PPO_CONFIGS.get(preset.size, PPOStageConfig())
-
 @contextmanager
 def cpu_threads(n:int|None):
     "Run the block with `n` torch intra-op threads (unchanged when None), then restore the previous number."
@@ -178,9 +165,10 @@ def kl_controller(cfg:PPOStageConfig, shape:RolloutShape) -> AdaptiveKLControlle
     return AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, horizon)
 
 # %% ../nbs/05_ppo.ipynb #4687e22e
-def check_ppo_supported(preset:Preset, policy:Policy|None=None):
+def check_ppo_supported(run:Run):
     "Raise a clear error on presets/devices where this PPO does not run (TPU / fixed-shape XLA)."
-    if preset.fixed_shapes or (policy is not None and policy.device == 'xla'):
+    preset = run.preset
+    if preset.fixed_shapes or run.policy.device == 'xla':
         raise NotImplementedError(
             f"preset {preset.name!r}: PPO은 TPU(XLA)에서 지원하지 않습니다 — 샘플링 생성의 길이가 걸음마다 달라 매번 다시 "
             "컴파일됩니다. GPU 프리셋(colab-t4/l4/a100)으로 PPO를 돌리세요. (PPO does not run on TPU: variable-length "
@@ -308,14 +296,13 @@ class SharedLayout(Layout):
 
     def save_policy(self, path):
         "The policy adapter in PEFT format at `path` (loads with `PeftModel.from_pretrained`), value head beside it."
-        import tempfile as _tf
         from safetensors.torch import save_file
-        path = Path(path)
-        with _tf.TemporaryDirectory(dir=path.parent) as tmp:
-            self.peft.save_pretrained(tmp, selected_adapters=['policy'])  # written to tmp/policy
-            if path.exists(): shutil.rmtree(path)
-            shutil.move(str(Path(tmp)/'policy'), str(path))
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}, path/'value_head.safetensors')
+        with atomic_path(path, folder=True) as tmp:
+            self.peft.save_pretrained(tmp, selected_adapters=['policy'])  # a named adapter is written to tmp/policy
+            for f in (tmp/'policy').iterdir(): f.rename(tmp/f.name)
+            (tmp/'policy').rmdir()
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
+                      str(tmp/'value_head.safetensors'))
 
 # %% ../nbs/05_ppo.ipynb #85a99363
 class SeparateLayout(Layout):
@@ -410,21 +397,19 @@ def build_layout(kind:str, load_model, sft_adapter, rm_adapter, value_init:str='
     return layout
 
 # %% ../nbs/05_ppo.ipynb #e6825dd7
-def load_layout(preset:Preset, run_dir=None, project:ProjectConfig|None=None, cfg:PPOStageConfig|None=None,
-                policy:Policy|None=None) -> tuple[Layout, object, dict]:
-    "(layout, tokenizer, reward normalisation {'mean','std'}) from the SFT and RM artifacts of `preset`."
+def load_layout(run:Run) -> tuple[Layout, object, dict]:
+    "(layout, tokenizer, reward normalisation {'mean','std'}) from the run's SFT and RM artifacts."
     from transformers import AutoTokenizer
-    project, cfg = project or ProjectConfig(), cfg or ppo_config(preset)
-    policy = policy or device_policy(probe_hardware(), preset)
-    sft, rm = sft_dir(preset, run_dir, project), rm_dir(preset, run_dir, project)
+    cfg = run.cfg('ppo')
+    sft, rm = run.artifact('sft'), run.artifact('rm')
     bases = {n: load_json(d/'adapter'/'adapter_config.json')['base_model_name_or_path'] for n, d in (('sft', sft), ('rm', rm))}
     if cfg.layout == 'shared' and bases['sft'] != bases['rm']:
         raise ValueError(f"the reward model's base {bases['rm']} is not the policy's {bases['sft']}: use layout='separate'")
     def load_model(kind):
-        pol = replace(policy, quantization=None) if kind == 'value' else policy  # value model: a full trainable copy
-        return load_pretrained(preset, run_dir, pol, head='causal' if kind == 'causal' else 'score', project=project)[0]
-    layout = build_layout(cfg.layout, load_model, sft/'adapter', rm/'adapter', cfg.value_init, preset.gradient_checkpointing)
-    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(sft/'adapter'), project)
+        pol = replace(run.policy, quantization=None) if kind == 'value' else None  # value model: a full trainable copy
+        return load_pretrained(run, head='causal' if kind == 'causal' else 'score', policy=pol)[0]
+    layout = build_layout(cfg.layout, load_model, sft/'adapter', rm/'adapter', cfg.value_init, run.preset.gradient_checkpointing)
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(sft/'adapter'), run.project)
     return layout, tok, load_json(rm/MANIFEST)['reward_norm']
 
 # %% ../nbs/05_ppo.ipynb #a4659fce
@@ -436,15 +421,12 @@ def left_pad(seqs:list[list[int]], pad_id:int, max_len:int|None=None) -> tuple[t
     mask = torch.tensor([[0] * (P - len(s)) + [1] * len(s) for s in seqs])
     return ids, mask
 
-def policy_messages(r:PPORecord, project:ProjectConfig, scfg) -> list[dict]:
-    "The policy's conversation for a PPO prompt: exactly what SFT trained on (persona line, the question)."
-    return sft_messages(r, project, scfg)
-
-def encode_queries(tok, records:list[PPORecord], project:ProjectConfig, scfg, rcfg, max_prompt_len:int) -> dict:
-    "Left-padded policy prompts (`query_ids`, `query_mask`) and reward-model prompts (`rm_ids`, `rm_mask`) of `records`."
+def encode_queries(tok, records:list[PPORecord], run:Run) -> dict:
+    "Left-padded policy prompts (`query_ids`, `query_mask`: what SFT trained on) and reward-model prompts (`rm_ids`, `rm_mask`)."
     enc = lambda msgs: tok(render_prompt(tok, msgs), add_special_tokens=False)['input_ids']
-    q_ids, q_mask = left_pad([enc(policy_messages(r, project, scfg)) for r in records], tok.pad_token_id, max_prompt_len)
-    r_ids, r_mask = left_pad([enc(rm_messages(r.prompt, project, rcfg)) for r in records], tok.pad_token_id, max_prompt_len)
+    P = run.preset.ppo.max_prompt_len
+    q_ids, q_mask = left_pad([enc(sft_messages(r, run)) for r in records], tok.pad_token_id, P)
+    r_ids, r_mask = left_pad([enc(rm_messages(r.prompt, run)) for r in records], tok.pad_token_id, P)
     return dict(query_ids=q_ids, query_mask=q_mask, rm_ids=r_ids, rm_mask=r_mask)
 
 # %% ../nbs/05_ppo.ipynb #cd408f44
@@ -559,10 +541,10 @@ def signoff_reward(text:str, signoff:str|None=None) -> float:
 class NonFiniteError(FloatingPointError):
     "A loss or gradient became NaN/inf."
 
-def ppo_step(layout:Layout, tok, batch:dict, cfg:PPOStageConfig, shape:RolloutShape, kl_ctl:AdaptiveKLController,
-             opt, sched, norm:dict, reward_fn=None) -> tuple[dict, dict]:
+def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLController, opt, sched, norm:dict,
+             reward_fn=None) -> tuple[dict, dict]:
     "One PPO step on `batch` (from `encode_queries`): rollout, scores, advantages, clipped updates. Returns (metrics, rollout)."
-    dev = next(layout.parameters()).device
+    cfg, shape, dev = run.cfg('ppo'), run.preset.ppo, next(layout.parameters()).device
     batch = {k: v.to(dev) for k, v in batch.items()}
     # 1-2. rollout without gradients
     layout.eval()
@@ -646,14 +628,10 @@ def save_checkpoint(out, step:int, layout:Layout, opt, sched, kl_ctl:AdaptiveKLC
     from safetensors.torch import save_file
     out = Path(out)
     final = out/(name or f'{CHECKPOINT_PREFIX}{step + 1:06d}')
-    tmp = out/f'.{final.name}.tmp'
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in layout.trainable().items()}, str(tmp/'trainable.safetensors'))
-    torch.save(dict(optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_state()), tmp/'state.pt')
-    save_json(tmp/'trainer_state.json', dict(step=step + 1, kl_coef=kl_ctl.value, history=history, samples=samples))
-    if final.exists(): shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_path(final, folder=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in layout.trainable().items()}, str(tmp/'trainable.safetensors'))
+        torch.save(dict(optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_state()), tmp/'state.pt')
+        save_json(tmp/'trainer_state.json', dict(step=step + 1, kl_coef=kl_ctl.value, history=history, samples=samples))
     if name is None:  # keep only the newest regular checkpoint
         for old in out.glob(f'{CHECKPOINT_PREFIX}*'):
             if old != final: shutil.rmtree(old)
@@ -698,25 +676,16 @@ def heldout_ppo_records(project:ProjectConfig, n:int|None=None) -> list[PPORecor
     rest = [r for r in read_jsonl(project.datasets_path()/'ppo_test.jsonl', PPORecord) if r.prompt not in seen]
     return (dnf + rest)[:n] if n else dnf + rest
 
-def mean_se(xs) -> tuple[float, float]:
-    "Mean and standard error of the mean."
-    x = np.asarray(list(xs), dtype=float)
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
-
-def win_rate(a:list[float], b:list[float]) -> float:
-    "Share of paired prompts where `a` scores above `b` (ties count half)."
-    return float(np.mean([1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)])) if a else float('nan')
-
 # %% ../nbs/05_ppo.ipynb #250006ec
 @torch.no_grad()
-def answer_and_score(layout:Layout, tok, records:list[PPORecord], preset:Preset, project:ProjectConfig, cfg:PPOStageConfig,
-                     norm:dict, reference:bool=False, temperature:float|None=None, reward_fn=None, batch_size:int=16) -> list[dict]:
-    "Answers of the policy (or of the reference, i.e. SFT) to `records` at SFT's answer length — greedy, or sampled at `temperature` from seed `cfg.seed` — scored as PPO scores them."
-    scfg, dev, out = sft_config(preset), next(layout.parameters()).device, []
+def answer_and_score(layout:Layout, tok, records:list[PPORecord], run:Run, norm:dict, reference:bool=False,
+                     temperature:float|None=None, reward_fn=None, batch_size:int=16) -> list[dict]:
+    "Answers of the policy (or of the reference, i.e. SFT) to `records` at SFT's answer length — greedy, or sampled at `temperature` from PPO's seed — scored as PPO scores them."
+    cfg, scfg, dev, out = run.cfg('ppo'), run.cfg('sft'), next(layout.parameters()).device, []
     layout.eval(); set_seed(cfg.seed)
     for sl in _chunks(len(records), batch_size):
         recs = records[sl]
-        batch = {k: v.to(dev) for k, v in encode_queries(tok, recs, project, scfg, rm_config(preset), preset.ppo.max_prompt_len).items()}
+        batch = {k: v.to(dev) for k, v in encode_queries(tok, recs, run).items()}
         gen = layout.generate(batch['query_ids'], batch['query_mask'], scfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id,
                               temperature, reference)
         resp, rmask, ended = truncate_after_eos(gen, tok.eos_token_id, tok.pad_token_id)
@@ -728,26 +697,26 @@ def answer_and_score(layout:Layout, tok, records:list[PPORecord], preset:Preset,
     return out
 
 @torch.no_grad()
-def heldout_kl(layout:Layout, tok, records:list[PPORecord], preset:Preset, project:ProjectConfig, cfg:PPOStageConfig) -> list[float]:
+def heldout_kl(layout:Layout, tok, records:list[PPORecord], run:Run) -> list[float]:
     "KL(policy || SFT) per sampled response (sum of k1 over its tokens) on `records`, sampled as in training."
-    dev, kls = next(layout.parameters()).device, []
+    cfg, shape, dev, kls = run.cfg('ppo'), run.preset.ppo, next(layout.parameters()).device, []
     layout.eval()
-    for sl in _chunks(len(records), preset.ppo.batch_size):
-        batch = encode_queries(tok, records[sl], project, sft_config(preset), rm_config(preset), preset.ppo.max_prompt_len)
-        ro = rollout(layout, tok, {k: v.to(dev) for k, v in batch.items()}, preset.ppo.max_new_tokens, cfg.temperature,
+    for sl in _chunks(len(records), shape.batch_size):
+        batch = encode_queries(tok, records[sl], run)
+        ro = rollout(layout, tok, {k: v.to(dev) for k, v in batch.items()}, shape.max_new_tokens, cfg.temperature,
                      cfg.micro_batch_size)
         kls += ((ro['logprobs'] - ro['ref_logprobs']) * ro['resp_mask']).sum(1).tolist()
     return kls
 
 # %% ../nbs/05_ppo.ipynb #8a1149c9
-def before_after(layout:Layout, tok, records:list[PPORecord], preset:Preset, project:ProjectConfig, cfg:PPOStageConfig,
-                 norm:dict, reward_fn=None) -> tuple[list[dict], dict]:
+def before_after(layout:Layout, tok, records:list[PPORecord], run:Run, norm:dict, reward_fn=None) -> tuple[list[dict], dict]:
     "(rows, metrics): SFT vs PPO on held-out `records` — sampled: reward, win rate, factual accuracy; greedy: EOS rate, reward; KL."
     from dnf_rlhf.lore import load_facts
-    from dnf_rlhf.demo_data import fact_accuracy, fact_key
-    facts = {fact_key(f): f for f in load_facts(project.facts_file())}
+    from dnf_rlhf.demo_data import fact_key
+    cfg = run.cfg('ppo')
+    facts = {fact_key(f): f for f in load_facts(run.project.facts_file())}
     acc = lambda a: fact_accuracy(a['answer'], a['facts'], facts) if a['facts'] else None
-    ans = {(who, mode): answer_and_score(layout, tok, records, preset, project, cfg, norm, reference=who == 'sft',
+    ans = {(who, mode): answer_and_score(layout, tok, records, run, norm, reference=who == 'sft',
                                          temperature=cfg.temperature if mode == 'sampled' else None, reward_fn=reward_fn)
            for who in ('sft', 'ppo') for mode in ('sampled', 'greedy')}
     rows = []
@@ -771,14 +740,15 @@ def before_after(layout:Layout, tok, records:list[PPORecord], preset:Preset, pro
     m['ppo_eval/fact_acc_change'], m['ppo_eval/fact_acc_change_se'] = mean_se(r['fact_ppo'] - r['fact_sft'] for r in rows
                                                                               if r['fact_sft'] is not None)
     m['ppo_eval/win_rate'] = win_rate([r['reward_ppo'] for r in rows], [r['reward_sft'] for r in rows])
-    m['ppo_eval/kl'], m['ppo_eval/kl_se'] = mean_se(heldout_kl(layout, tok, records, preset, project, cfg))
+    m['ppo_eval/kl'], m['ppo_eval/kl_se'] = mean_se(heldout_kl(layout, tok, records, run))
     return rows, m
 
 # %% ../nbs/05_ppo.ipynb #67258e82
 def _cell(t:str, n:int=120) -> str: return (t[:n] + '…' if len(t) > n else t).replace('|', '\\|').replace('\n', ' ')
 
-def ppo_report_markdown(rows:list[dict], m:dict, preset:Preset, cfg:PPOStageConfig, max_rows:int=24) -> str:
+def ppo_report_markdown(rows:list[dict], m:dict, run:Run, max_rows:int=24) -> str:
     "The before/after report as Markdown."
+    preset, cfg = run.preset, run.cfg('ppo')
     f = lambda k: f"{m[k]:.3f} ± {m[k + '_se']:.3f}"
     lines = [f"# PPO 전후 비교 (before/after) — preset `{preset.name}`, layout `{cfg.layout}`", '',
              f"{m['ppo_eval/prompts']} held-out prompts; answers sampled at temperature {cfg.temperature} (seed {cfg.seed}) "
@@ -814,24 +784,19 @@ def plot_ppo_curves(history:list[dict], cfg:PPOStageConfig, path):
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 # %% ../nbs/05_ppo.ipynb #27d506bd
-def train_ppo(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None, cfg:PPOStageConfig|None=None,
-              policy:Policy|None=None, reward_fn=None, callbacks=()) -> dict:
-    "PPO of `preset`'s SFT policy against its reward model (or `reward_fn(text) -> float`) into `out`; resumes from a checkpoint."
-    out, project = Path(out), project or ProjectConfig()
-    cfg = cfg or ppo_config(preset)
-    policy = policy or device_policy(probe_hardware(), preset)
-    check_ppo_supported(preset, policy)
-    with cpu_threads(cfg.cpu_threads if policy.device == 'cpu' else None):
-        return _train_ppo(out, preset, project, run_dir, cfg, policy, reward_fn, callbacks)
+def train_ppo(out, run:Run, reward_fn=None, callbacks=()) -> dict:
+    "PPO of the run's SFT policy against its reward model (or `reward_fn(text) -> float`) into `out`; resumes from a checkpoint."
+    check_ppo_supported(run)
+    with cpu_threads(run.cfg('ppo').cpu_threads if run.policy.device == 'cpu' else None):
+        return _train_ppo(Path(out), run, reward_fn, callbacks)
 
-def _train_ppo(out, preset, project, run_dir, cfg, policy, reward_fn, callbacks) -> dict:
+def _train_ppo(out, run, reward_fn, callbacks) -> dict:
     "The body of `train_ppo` (under its CPU thread setting)."
-    shape = preset.ppo
+    cfg, shape = run.cfg('ppo'), run.preset.ppo
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    layout, tok, norm = load_layout(preset, run_dir, project, cfg, policy)
-    scfg, rcfg = sft_config(preset), rm_config(preset)
-    train = read_jsonl(project.datasets_path()/'ppo_train.jsonl', PPORecord)
+    layout, tok, norm = load_layout(run)
+    train = read_jsonl(run.project.datasets_path()/'ppo_train.jsonl', PPORecord)
     opt = torch.optim.AdamW(list(layout.trainable().values()), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     updates = cfg.steps * cfg.ppo_epochs * math.ceil(shape.batch_size / shape.minibatch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / updates))
@@ -845,8 +810,7 @@ def _train_ppo(out, preset, project, run_dir, cfg, policy, reward_fn, callbacks)
         idx, epoch = batch_indices(len(train), step, shape.batch_size, cfg.seed)
         recs = [train[i] for i in idx]
         try:
-            metrics, ro = ppo_step(layout, tok, encode_queries(tok, recs, project, scfg, rcfg, shape.max_prompt_len), cfg, shape,
-                                   kl_ctl, opt, sched, norm, reward_fn)
+            metrics, ro = ppo_step(layout, tok, encode_queries(tok, recs, run), run, kl_ctl, opt, sched, norm, reward_fn)
         except NonFiniteError as e:
             where = save_checkpoint(out, step - 1, layout, opt, sched, kl_ctl, history, samples, name='nonfinite-checkpoint')
             raise FloatingPointError(f"PPO step {step}: {e}. State saved in {where}; lower lr or check the reward.") from e
@@ -864,9 +828,9 @@ def _train_ppo(out, preset, project, run_dir, cfg, policy, reward_fn, callbacks)
     layout.save_policy(out/'adapter'); tok.save_pretrained(out/'adapter')
     save_json(out/'history.json', history); write_jsonl(out/'samples.jsonl', samples)
     plot_ppo_curves(history, cfg, out/'curves.png')
-    rows, ev = before_after(layout, tok, heldout_ppo_records(project, cfg.eval_prompts), preset, project, cfg, norm, reward_fn)
+    rows, ev = before_after(layout, tok, heldout_ppo_records(run.project, cfg.eval_prompts), run, norm, reward_fn)
     write_jsonl(out/'before_after.jsonl', rows)
-    (out/'report.md').write_text(ppo_report_markdown(rows, ev, preset, cfg), encoding='utf-8')
+    (out/'report.md').write_text(ppo_report_markdown(rows, ev, run), encoding='utf-8')
     tail = history[-max(1, len(history) // 10):]
     metrics = {'ppo/steps': len(history), 'ppo/kl_final': float(np.mean([h['ppo/kl'] for h in tail])),
                'ppo/reward_final': float(np.mean([h['ppo/reward'] for h in tail])), 'ppo/kl_target': cfg.kl_target,
@@ -874,43 +838,13 @@ def _train_ppo(out, preset, project, run_dir, cfg, policy, reward_fn, callbacks)
                'ppo/nf4_layers': sum(type(m).__name__ == 'Linear4bit' for m in layout.modules()),  # what really ran
                'ppo/gradient_checkpointing': any(getattr(m, 'gradient_checkpointing', False) is True for m in layout.modules())}
     write_metrics(out, metrics)
-    sft, rm = sft_dir(preset, run_dir, project), rm_dir(preset, run_dir, project)
-    write_manifest(out, 'ppo', preset, cfg, inputs={'ppo_train': project.datasets_path()/'ppo_train.jsonl',
-                   'sft_adapter': sft/'adapter', 'rm_adapter': rm/'adapter'}, reward='reward_fn' if reward_fn else 'rm',
-                   reward_norm=norm)
+    run.manifest(out, 'ppo', adapters={n: dict(path=str(d), sha256=file_hash(d)) for n, d in
+                                       (('sft', run.artifact('sft')/'adapter'), ('rm', run.artifact('rm')/'adapter'))},
+                 reward='reward_fn' if reward_fn else 'rm', reward_norm=norm)
     for old in out.glob(f'{CHECKPOINT_PREFIX}*'): shutil.rmtree(old)
     return metrics
 
 # %% ../nbs/05_ppo.ipynb #2ff010f2
-def ppo_key(preset:Preset, project:ProjectConfig) -> str:
-    "Cache key of the tiny PPO artifact: configs, prompts, the reward model (and through it SFT and the base), code."
-    return config_hash(preset, ppo_config(preset), file_hash(project.datasets_path()/'ppo_train.jsonl'),
-                       file_hash(project.datasets_path()/'ppo_test.jsonl'), rm_key(preset, project), file_hash(package_dir()/'ppo.py'))
-
-def ppo_dir(preset:Preset, run_dir=None, project:ProjectConfig|None=None) -> Path:
-    "Folder of the PPO artifact for `preset` (run folder, else the tiny cache, else an error naming this notebook)."
-    project = project or ProjectConfig()
-    return require_stage(run_dir, 'ppo', preset, lambda out: train_ppo(out, preset, project), key=ppo_key(preset, project))
-
-def load_ppo(preset:Preset, run_dir=None, project:ProjectConfig|None=None, policy:Policy|None=None):
-    "(base model carrying the PPO policy adapter, tokenizer with the chat template)."
-    return load_pretrained(preset, run_dir, policy, adapter=ppo_dir(preset, run_dir, project)/'adapter', project=project)[:2]
-
-# %% ../nbs/05_ppo.ipynb #e2897101
-def ppo_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:
-    "Pipeline stage: PPO into `run_dir/ppo/` (tiny: the cached artifact; resumes from `ppo.partial/` checkpoints after a disconnect)."
-    project = project or ProjectConfig()
-    return run_stage(run_dir, 'ppo', preset, lambda: ppo_dir(preset, None, project), lambda out: train_ppo(out, preset, project, run_dir))
-
-def ppo_main(argv:list[str]|None=None) -> int:
-    "Command line `dnf-rlhf ppo`: PPO on the run folder's SFT and reward model; prints the metrics as one JSON line."
-    import argparse
-    ap = argparse.ArgumentParser(prog='dnf-rlhf ppo', description='PPO (RLHF) — 하나의 기반 모델 위에서 / on one shared base')
-    ap.add_argument('--preset', default=None, help=f"one of {sorted(PRESETS)} (default: the one `doctor` suggests)")
-    ap.add_argument('--out', required=True, help='run folder (its sft/ and rm/ stages are used; tiny presets build them)')
-    ap.add_argument('--project', default=None, help='project config (.toml or .json) for your own domain')
-    a = ap.parse_args(argv)
-    preset = get_preset(a.preset or suggest_preset(probe_hardware()))
-    project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
-    print(json.dumps(ppo_stage(preset, a.out, project), ensure_ascii=False))
-    return 0
+PPO = register(Stage('ppo', '05_ppo.ipynb', train_ppo, PPOStageConfig, needs=('sft', 'rm'),
+                     inputs=('ppo_train.jsonl', 'ppo_test.jsonl'), code=('ppo.py', 'stats.py'), cached=True,
+                     chat_model=True, check=check_ppo_supported, help='PPO on one shared base + the before/after report'))

@@ -20,12 +20,12 @@ from .formats import RetrievalRecord, read_jsonl
 log = logging.getLogger('dnf_rlhf.rag')
 
 # %% auto #0
-__all__ = ['log', 'CONTENT_TAGS', 'QUERY_FIELDS', 'INDEX_FILE', 'IndexConfig', 'build_fields', 'kiwi', 'morphemes', 'SparseIndex',
-           'EmbedderConfig', 'passage_text', 'ict_pairs', 'train_tiny_embedder', 'chunks_hash', 'tiny_embedder_path',
-           'Embedder', 'DenseIndex', 'rrf', 'weighted', 'top', 'Hit', 'Retriever', 'index_hash', 'build_retriever',
-           'load_retriever', 'open_index', 'load_questions', 'relevant_ids', 'first_hit_ranks', 'rank_metrics',
-           'evaluate_retrieval', 'best_window', 'build_context', 'rag_messages', 'context_budget', 'compare_answers',
-           'index_config_for', 'rag_stage', 'default_index_dir', 'index_main']
+__all__ = ['log', 'CONTENT_TAGS', 'QUERY_FIELDS', 'INDEX_FILE', 'RAG', 'IndexConfig', 'build_fields', 'kiwi', 'morphemes',
+           'SparseIndex', 'EmbedderConfig', 'passage_text', 'ict_pairs', 'train_tiny_embedder', 'chunks_hash',
+           'tiny_embedder_path', 'Embedder', 'DenseIndex', 'rrf', 'weighted', 'top', 'Hit', 'Retriever', 'index_hash',
+           'build_retriever', 'load_retriever', 'open_index', 'load_questions', 'relevant_ids', 'first_hit_ranks',
+           'rank_metrics', 'evaluate_retrieval', 'best_window', 'build_context', 'rag_messages', 'context_budget',
+           'compare_answers', 'train_rag', 'default_index_dir', 'project_index', 'index_main']
 
 # %% ../nbs/06_rag.ipynb #28c49da4
 CONTENT_TAGS = ('NNG', 'NNP', 'NR', 'VV', 'VA', 'XR', 'SL', 'SH', 'SN')  # nouns, numerals, verb/adjective stems, roots, foreign words, numbers
@@ -366,24 +366,20 @@ INDEX_FILE = 'index.json'
 @patch
 def save(self:Retriever, folder) -> Path:
     "Write the index to `folder` (atomically: a temporary folder renamed into place)."
-    folder = Path(folder); folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f'.{folder.name}.{os.getpid()}.tmp')
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir()
-    self.sparse.save(tmp/'bm25')
-    with open(tmp/'chunks.jsonl', 'w', encoding='utf-8') as f:
-        for c in self.chunks: f.write(json.dumps(asdict(c), ensure_ascii=False) + '\n')
-    emb = None
-    if self.dense is not None:
-        self.dense.save(tmp/'vectors.faiss')
-        local = Path(self.embedder.name).is_dir() and (Path(self.embedder.name)/'training.json').exists()  # the tiny one travels with the index
-        if local: shutil.copytree(self.embedder.name, tmp/'embedder')
-        emb = dict(name='embedder' if local else self.embedder.name, query_prefix=self.embedder.query_prefix,
-                   passage_prefix=self.embedder.passage_prefix, dim=int(self.dense.index.d))
-    save_json(tmp/INDEX_FILE, dict(corpus_hash=self.corpus_hash, config=asdict(self.cfg), chunks=len(self.chunks),
-                                   embedder=emb, created=time.strftime('%Y-%m-%dT%H:%M:%S%z')))
-    if folder.exists(): shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    folder = Path(folder)
+    with atomic_path(folder, folder=True) as tmp:
+        self.sparse.save(tmp/'bm25')
+        with open(tmp/'chunks.jsonl', 'w', encoding='utf-8') as f:
+            for c in self.chunks: f.write(json.dumps(asdict(c), ensure_ascii=False) + '\n')
+        emb = None
+        if self.dense is not None:
+            self.dense.save(tmp/'vectors.faiss')
+            local = Path(self.embedder.name).is_dir() and (Path(self.embedder.name)/'training.json').exists()  # the tiny one travels with the index
+            if local: shutil.copytree(self.embedder.name, tmp/'embedder')
+            emb = dict(name='embedder' if local else self.embedder.name, query_prefix=self.embedder.query_prefix,
+                       passage_prefix=self.embedder.passage_prefix, dim=int(self.dense.index.d))
+        save_json(tmp/INDEX_FILE, dict(corpus_hash=self.corpus_hash, config=asdict(self.cfg), chunks=len(self.chunks),
+                                       embedder=emb, created=time.strftime('%Y-%m-%dT%H:%M:%S%z')))
     return folder
 
 def load_retriever(folder, cfg:IndexConfig|None=None) -> Retriever:
@@ -503,20 +499,20 @@ def rag_messages(question:str, hits:list[Hit], tokenizer, budget:int|None, perso
     context, ids = build_context(hits, tokenizer, budget, question)
     return build_messages(question, context=context or None, persona=persona), ids
 
-def context_budget(tokenizer, question:str, preset:Preset, max_new_tokens:int, persona:str|None=None) -> int:
-    "Tokens left for passages so the whole prompt plus the answer stays within the preset's SFT length."
+def context_budget(tokenizer, question:str, max_len:int, max_new_tokens:int, persona:str|None=None) -> int:
+    "Tokens left for passages so the whole prompt plus the answer stays within `max_len` (the preset's SFT length)."
     from dnf_rlhf.chat import build_messages, render_prompt
     bare = len(tokenizer(render_prompt(tokenizer, build_messages(question, context='-', persona=persona)), add_special_tokens=False)['input_ids'])
-    return max(0, preset.sft.max_len - bare - max_new_tokens)
+    return max(0, max_len - bare - max_new_tokens)
 
-def compare_answers(model, tokenizer, retriever:Retriever, records:list[RetrievalRecord], preset:Preset,
-                    project:ProjectConfig|None=None, k:int=2, max_new_tokens:int=64) -> list[dict]:
+def compare_answers(model, tokenizer, retriever:Retriever, records:list[RetrievalRecord], run:Run, k:int=2,
+                    max_new_tokens:int=64) -> list[dict]:
     "Closed-book and retrieval-augmented answers to each question, with the chunk ids given and value hits."
     from dnf_rlhf.chat import build_messages, generate_answers
-    from dnf_rlhf.sft import sft_persona, sft_config
-    persona = sft_persona(project or ProjectConfig(), sft_config(preset))  # the persona line the model was trained with
+    from dnf_rlhf.sft import sft_persona
+    persona, L = sft_persona(run), run.preset.sft.max_len  # the persona line the model was trained with
     hits = retriever.search_batch([r.question for r in records], k=k)
-    rag = [rag_messages(r.question, h, tokenizer, context_budget(tokenizer, r.question, preset, max_new_tokens, persona), persona)
+    rag = [rag_messages(r.question, h, tokenizer, context_budget(tokenizer, r.question, L, max_new_tokens, persona), persona)
            for r, h in zip(records, hits)]
     closed = generate_answers(model, tokenizer, [build_messages(r.question, persona=persona) for r in records], max_new_tokens)
     opened = generate_answers(model, tokenizer, [m for m, _ in rag], max_new_tokens)
@@ -526,33 +522,37 @@ def compare_answers(model, tokenizer, retriever:Retriever, records:list[Retrieva
             for r, c, o, (_, ids) in zip(records, closed, opened, rag)]
 
 # %% ../nbs/06_rag.ipynb #3b9b97fb
-def index_config_for(preset:Preset, embedder:str|None=None) -> IndexConfig:
-    "The index config of `preset`: the tiny embedder on tiny presets and rehearsals (no hub), `BAAI/bge-m3` otherwise, unless `embedder` is given."
-    return IndexConfig(embedder=embedder or ('tiny' if preset.is_tiny or preset.rehearsal else 'BAAI/bge-m3'))
-
-def rag_stage(preset:Preset, run_dir, project:ProjectConfig|None=None, cfg:IndexConfig|None=None) -> dict:
-    "Pipeline stage: index the project's corpus into `run_dir/rag/index` and evaluate it on the retrieval questions."
-    project, cfg = project or ProjectConfig(), cfg or index_config_for(preset)
-    chunks = chunk_corpus(load_corpus(project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap)
-    with stage_output(run_dir, 'rag') as out:
-        t0 = time.time()
-        r = build_retriever(chunks, cfg)
-        metrics = {'rag/chunks': len(chunks), 'rag/build_seconds': round(time.time() - t0, 2)}
-        r.save(out/'index')
-        try: questions = load_questions(project)
-        except FileNotFoundError as e: questions = []; log.warning('%s: no retrieval evaluation', e)
-        for row in (evaluate_retrieval(r, questions) if questions else []):
-            if row['form'] in ('all', 'particle'):
-                for k in ('recall@1', 'recall@5', 'mrr'): metrics[f"rag/{row['mode']}_{row['form']}_{k}"] = row[k]
-        write_metrics(out, metrics)
-        write_manifest(out, 'rag', preset, cfg, inputs={'corpus': project.corpus_path()}, corpus_hash=r.corpus_hash)
+def train_rag(out, run:Run) -> dict:
+    "The rag stage: index the project's corpus into `out/index` and evaluate it on the retrieval questions."
+    cfg = run.cfg('rag')
+    chunks = chunk_corpus(load_corpus(run.project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap)
+    t0 = time.time()
+    r = build_retriever(chunks, cfg)
+    metrics = {'rag/chunks': len(chunks), 'rag/build_seconds': round(time.time() - t0, 2)}
+    r.save(out/'index')
+    try: questions = load_questions(run.project)
+    except FileNotFoundError as e: questions = []; log.warning('%s: no retrieval evaluation', e)
+    for row in (evaluate_retrieval(r, questions) if questions else []):
+        if row['form'] in ('all', 'particle'):
+            for k in ('recall@1', 'recall@5', 'mrr'): metrics[f"rag/{row['mode']}_{row['form']}_{k}"] = row[k]
+    write_metrics(out, metrics)
+    run.manifest(out, 'rag', corpus_hash=r.corpus_hash)
     return metrics
+
+RAG = register(Stage('rag', '06_rag.ipynb', train_rag, IndexConfig, inputs=('lore', 'retrieval_train.jsonl', 'retrieval_test.jsonl'),
+                     on_base=False, help='retrieval index + recall@k / MRR on the retrieval questions'))
 
 # %% ../nbs/06_rag.ipynb #dfdf7f50
 def default_index_dir(project:ProjectConfig|None=None, run_dir=None) -> Path:
     "Where the index lives: `run_dir/rag/index` when that stage ran, else `<cache>/rag-index-<project name>`."
     if run_dir is not None and stage_done(Path(run_dir)/'rag'): return Path(run_dir)/'rag'/'index'
     return cache_root()/f'rag-index-{(project or ProjectConfig()).name}'
+
+def project_index(run:Run, folder=None) -> tuple[Retriever, bool]:
+    "(retriever, rebuilt): the index in `folder`, else the run's `rag/index`, else the project's cached one; (re)built when missing or stale."
+    cfg = run.cfg('rag')
+    chunks = chunk_corpus(load_corpus(run.project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap)
+    return open_index(folder or default_index_dir(run.project, run.dir), chunks, cfg)
 
 def index_main(argv:list[str]|None=None) -> int:
     "Command line `dnf-rlhf index`: build (or verify) the retrieval index of the project's corpus; print a JSON summary."
@@ -565,8 +565,8 @@ def index_main(argv:list[str]|None=None) -> int:
     ap.add_argument('--evaluate', action='store_true', help='also report recall@1/5 and MRR on the retrieval questions')
     a = ap.parse_args(argv)
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
-    cfg = index_config_for(get_preset(a.preset or suggest_preset(probe_hardware())), a.embedder)
-    if a.no_dense: cfg = replace(cfg, embedder=None)
+    cfg = Run(get_preset(a.preset or suggest_preset(probe_hardware())), project).cfg('rag')  # the preset's embedder
+    if a.embedder or a.no_dense: cfg = replace(cfg, embedder=None if a.no_dense else a.embedder)
     chunks = chunk_corpus(load_corpus(project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap)
     out = Path(a.out) if a.out else default_index_dir(project)
     t0 = time.time()

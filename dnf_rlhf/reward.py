@@ -15,13 +15,13 @@ import torch
 from .core import *
 from .formats import PairRecord, RankedRecord, PPORecord, read_jsonl
 from .chat import build_messages, completion_ids, render_prompt, prepare_tokenizer
-from .models import load_pretrained
-from .sft import trainer_precision, sft_dir, load_sft, sft_config
+from .models import load_pretrained, load_chat
+from .sft import trainer_precision
+from .stats import length_baseline, bow_baseline
 
 # %% auto #0
-__all__ = ['RM_CONFIGS', 'RMStageConfig', 'rm_config', 'rm_messages', 'rm_input_ids', 'load_pairs', 'tokenize_pairs', 'score_ids',
-           'train_rm', 'length_baseline', 'bow_baseline', 'rm_diagnostics', 'reward_normalisation', 'rm_key', 'rm_dir',
-           'load_rm', 'rm_stage']
+__all__ = ['RM', 'RMStageConfig', 'rm_messages', 'rm_input_ids', 'load_pairs', 'tokenize_pairs', 'score_ids', 'train_rm',
+           'rm_diagnostics', 'reward_normalisation', 'load_rm']
 
 # %% ../nbs/04_reward_model.ipynb #4667e44b
 @dataclass(frozen=True)
@@ -40,20 +40,10 @@ class RMStageConfig:
     max_steps: int = -1  # cap on optimizer steps (-1: the epochs decide)
     seed: int = 0  # data order and LoRA init
 
-RM_CONFIGS = {
-    'tiny': RMStageConfig(lr=2e-3, epochs=3, lora_r=32, lora_alpha=64, norm_samples=96),
-    'test': RMStageConfig(lr=3e-3, epochs=1, lora_r=32, lora_alpha=64, norm_samples=32),
-    'rehearsal': RMStageConfig(max_steps=4, norm_samples=8),  # the GPU path, a few steps
-}
-
-def rm_config(preset:Preset) -> RMStageConfig:
-    "The reward-model hyper-parameters for `preset`."
-    return RM_CONFIGS.get(preset.size, RMStageConfig())
-
 # %% ../nbs/04_reward_model.ipynb #65daa59e
-def rm_messages(prompt:str, project:ProjectConfig, cfg:RMStageConfig, context:str|None=None) -> list[dict]:
+def rm_messages(prompt:str, run:Run, context:str|None=None) -> list[dict]:
     "The conversation the reward model scores an answer to."
-    return build_messages(prompt, context=context, persona=project.persona if cfg.with_persona else None)
+    return build_messages(prompt, context=context, persona=run.project.persona if run.cfg('rm').with_persona else None)
 
 def rm_input_ids(tokenizer, messages:list[dict], answer:str, ended:bool=True) -> list[int]:
     "Token ids the reward model reads: rendered prompt + answer + EOS, the EOS only if the answer `ended` (as in PPO)."
@@ -73,12 +63,12 @@ def load_pairs(project:ProjectConfig|None=None, split:str='train') -> list[PairR
         if (k := (p.prompt, p.chosen, p.rejected)) not in seen: seen.add(k); out.append(p)
     return out
 
-def tokenize_pairs(pairs:list[PairRecord], tokenizer, project:ProjectConfig, cfg:RMStageConfig):
+def tokenize_pairs(pairs:list[PairRecord], tokenizer, run:Run):
     "A `datasets.Dataset` of chosen_ids / rejected_ids (TRL's pre-tokenized reward format) and the longer one's `length`."
     from datasets import Dataset
     rows = []
     for p in pairs:
-        m = rm_messages(p.prompt, project, cfg)
+        m = rm_messages(p.prompt, run)
         c, r = rm_input_ids(tokenizer, m, p.chosen), rm_input_ids(tokenizer, m, p.rejected)
         rows.append(dict(chosen_ids=c, rejected_ids=r, length=max(len(c), len(r))))  # `length`: what length-grouped batches sort by
     return Dataset.from_list(rows)
@@ -97,16 +87,14 @@ def score_ids(model, tokenizer, ids_list:list[list[int]], batch_size:int=32, pad
     return torch.cat(out) if out else torch.zeros(0)
 
 # %% ../nbs/04_reward_model.ipynb #3dd61afe
-def train_rm(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None, cfg:RMStageConfig|None=None,
-             policy:Policy|None=None, normalise:bool=True) -> dict:
-    "Train the reward model of `preset` into `out`: adapter + score head, diagnostics, normalisation (from SFT samples)."
+def train_rm(out, run:Run, normalise:bool=True) -> dict:
+    "Train the run's reward model into `out`: adapter + score head, diagnostics, normalisation (from SFT samples)."
     from trl import RewardTrainer, RewardConfig
     from dnf_rlhf.sft import peft_wrap
-    out, project = Path(out), project or ProjectConfig()
-    cfg, shape = cfg or rm_config(preset), preset.rm
-    policy = policy or device_policy(probe_hardware(), preset)
+    out, preset, project, policy = Path(out), run.preset, run.project, run.policy
+    cfg, shape = run.cfg('rm'), preset.rm
     set_seed(cfg.seed); t0 = time.time()
-    model, tok, base_info = load_pretrained(preset, run_dir, policy, head='score', project=project)
+    model, tok, base_info = load_pretrained(run, head='score')
     model = peft_wrap(model, cfg, policy, preset.gradient_checkpointing, task_type='SEQ_CLS', modules_to_save=['score'])
     train_pairs, test_pairs = load_pairs(project, 'train'), load_pairs(project, 'test')
     args = RewardConfig(output_dir=str(out/'checkpoints'), per_device_train_batch_size=shape.batch_size,
@@ -118,7 +106,7 @@ def train_rm(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None, 
                         train_sampling_strategy='group_by_length', remove_unused_columns=False,  # similar-length pairs per batch (a random batch pads to 1.8x the mean); keep `length` for the sampler
                         gradient_checkpointing=preset.gradient_checkpointing,
                         pad_to_multiple_of=shape.max_len if policy.fixed_shapes else None, **trainer_precision(policy))
-    trainer = RewardTrainer(model=model, args=args, train_dataset=tokenize_pairs(train_pairs, tok, project, cfg),
+    trainer = RewardTrainer(model=model, args=args, train_dataset=tokenize_pairs(train_pairs, tok, run),
                             processing_class=tok)
     from dnf_rlhf.sft import last_checkpoint
     trainer.train(resume_from_checkpoint=last_checkpoint(out/'checkpoints'))
@@ -127,43 +115,18 @@ def train_rm(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None, 
     save_json(out/'log_history.json', trainer.state.log_history)
     metrics = {'rm/train_pairs': len(train_pairs), 'rm/test_pairs': len(test_pairs), 'rm/train_seconds': time.time() - t0,
                'rm/gradient_checkpointing': bool(getattr(model, 'is_gradient_checkpointing', False))}
-    metrics.update(rm_diagnostics(model, tok, train_pairs, test_pairs, project, cfg, out))
-    norm = reward_normalisation(model, tok, preset, project, cfg, run_dir) if normalise else None
+    metrics.update(rm_diagnostics(model, tok, train_pairs, test_pairs, run, out))
+    norm = reward_normalisation(model, tok, run) if normalise else None
     if norm: metrics.update({'rm/norm_mean': norm['mean'], 'rm/norm_std': norm['std']})
     shutil.rmtree(out/'checkpoints', ignore_errors=True)
     write_metrics(out, metrics)
-    write_manifest(out, 'rm', preset, cfg, inputs={'pairs_train': project.datasets_path()/'pairs_train.jsonl'},
-                   reward_norm=norm, base=base_info)
+    run.manifest(out, 'rm', reward_norm=norm, base=base_info)
     return metrics
 
-# %% ../nbs/04_reward_model.ipynb #c2c76293
-def length_baseline(pairs:list[PairRecord]) -> float:
-    "Accuracy of 'the longer answer is better' (ties count 0.5)."
-    return sum(1.0 if len(p.chosen) > len(p.rejected) else 0.5 if len(p.chosen) == len(p.rejected) else 0.0 for p in pairs) / len(pairs)
-
-def bow_baseline(train:list[PairRecord], test:list[PairRecord], steps:int=300, lr:float=0.5) -> float:
-    "Accuracy of a bag-of-words logistic regression on (chosen - rejected) word counts."
-    vocab = {w: i for i, w in enumerate(sorted({w for p in train for t in (p.chosen, p.rejected) for w in t.split()}))}
-    def vec(t):
-        v = torch.zeros(len(vocab))
-        for w in t.split():
-            if w in vocab: v[vocab[w]] += 1
-        return v
-    X = torch.stack([vec(p.chosen) - vec(p.rejected) for p in train])
-    X, y = torch.cat([X, -X]), torch.cat([torch.ones(len(train)), torch.zeros(len(train))])
-    w = torch.zeros(len(vocab), requires_grad=True)
-    opt = torch.optim.Adam([w], lr=lr * 0.1)
-    for _ in range(steps):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(X @ w, y) + 1e-3 * w.pow(2).sum()
-        opt.zero_grad(); loss.backward(); opt.step()
-    Xt = torch.stack([vec(p.chosen) - vec(p.rejected) for p in test])
-    s = (Xt @ w).detach()
-    return float(((s > 0).float() + 0.5 * (s == 0).float()).mean())
-
 # %% ../nbs/04_reward_model.ipynb #88d0eb9a
-def rm_diagnostics(model, tok, train_pairs, test_pairs, project, cfg:RMStageConfig, out) -> dict:
+def rm_diagnostics(model, tok, train_pairs, test_pairs, run:Run, out) -> dict:
     "Held-out accuracy (overall and per kind), baselines, reward-length correlation, histograms, collapse check."
-    msgs = [rm_messages(p.prompt, project, cfg) for p in test_pairs]
+    cfg, msgs = run.cfg('rm'), [rm_messages(p.prompt, run) for p in test_pairs]
     rc = score_ids(model, tok, [rm_input_ids(tok, m, p.chosen) for m, p in zip(msgs, test_pairs)])
     rr = score_ids(model, tok, [rm_input_ids(tok, m, p.rejected) for m, p in zip(msgs, test_pairs)])
     win = (rc > rr).float()
@@ -192,18 +155,18 @@ def _plot_hist(rc, rr, path):
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 # %% ../nbs/04_reward_model.ipynb #dece936d
-def reward_normalisation(model, tok, preset:Preset, project:ProjectConfig, cfg:RMStageConfig, run_dir=None) -> dict:
+def reward_normalisation(model, tok, run:Run) -> dict:
     "Mean and std of the RM scores of PPO's first rollouts: the SFT policy sampled and scored as PPO does it."
-    from dnf_rlhf.ppo import ppo_config, encode_queries, sample_responses, truncate_after_eos  # ppo imports this module
-    sft_model, stok = load_sft(preset, run_dir, project)
-    lm, stok, shape = sft_model.eval().get_base_model(), prepare_tokenizer(stok, project), preset.ppo
-    recs = read_jsonl(project.datasets_path()/'ppo_train.jsonl', PPORecord)[:cfg.norm_samples]
+    from dnf_rlhf.ppo import encode_queries, sample_responses, truncate_after_eos  # ppo imports this module
+    sft_model, stok = load_chat(run, 'sft')
+    lm, shape, cfg = sft_model.get_base_model(), run.preset.ppo, run.cfg('rm')
+    recs = read_jsonl(run.project.datasets_path()/'ppo_train.jsonl', PPORecord)[:cfg.norm_samples]
     set_seed(cfg.seed); seqs = []
     for i in range(0, len(recs), shape.batch_size):  # PPO's batches, so the same random draws as its rollouts
-        b = encode_queries(stok, recs[i:i + shape.batch_size], project, sft_config(preset), cfg, shape.max_prompt_len)
+        b = encode_queries(stok, recs[i:i + shape.batch_size], run)
         b = {k: v.to(lm.device) for k, v in b.items()}
         gen = sample_responses(lm, b['query_ids'], b['query_mask'], shape.max_new_tokens, stok.eos_token_id,
-                               stok.pad_token_id, ppo_config(preset).temperature)
+                               stok.pad_token_id, run.cfg('ppo').temperature)
         resp, rmask, _ = truncate_after_eos(gen, stok.eos_token_id, stok.pad_token_id)
         # the RM prompt + the raw response tokens, EOS only where it came (no re-tokenised text), as PPO scores them
         seqs += [p[pm.bool()].tolist() + r[m.bool()].tolist()
@@ -212,27 +175,14 @@ def reward_normalisation(model, tok, preset:Preset, project:ProjectConfig, cfg:R
     return dict(mean=float(s.mean()), std=float(s.std().clamp_min(1e-6)), n=len(s))
 
 # %% ../nbs/04_reward_model.ipynb #d879ffbc
-def rm_key(preset:Preset, project:ProjectConfig) -> str:
-    "Cache key of the tiny reward model (its normalisation samples PPO's prompts with PPO's code: those count too)."
-    from dnf_rlhf.sft import sft_key
-    return config_hash(rm_config(preset), file_hash(project.datasets_path()/'pairs_train.jsonl'), sft_key(preset, project),
-                       file_hash(package_dir()/'reward.py'), file_hash(project.datasets_path()/'ppo_train.jsonl'),
-                       file_hash(package_dir()/'ppo.py'))
-
-def rm_dir(preset:Preset, run_dir=None, project:ProjectConfig|None=None) -> Path:
-    "Folder of the reward model for `preset` (run folder, else the tiny cache, else an error naming this notebook)."
-    project = project or ProjectConfig()
-    return require_stage(run_dir, 'rm', preset, lambda out: train_rm(out, preset, project), key=rm_key(preset, project))
-
-def load_rm(preset:Preset, run_dir=None, project:ProjectConfig|None=None, policy:Policy|None=None):
-    "(reward model with its adapter and score head, tokenizer, normalisation {'mean','std'})."
-    d = rm_dir(preset, run_dir, project)
-    model, tok, _ = load_pretrained(preset, run_dir, policy, head='score', adapter=d/'adapter', project=project)
+def load_rm(run:Run) -> tuple:
+    "(reward model with its adapter and score head, tokenizer, normalisation {'mean','std'}) of the run (tiny: built if absent)."
+    d = run.artifact('rm')
+    model, tok, _ = load_pretrained(run, head='score', adapter=d/'adapter')
     return model, tok, load_json(d/MANIFEST)['reward_norm']
 
-# %% ../nbs/04_reward_model.ipynb #99139187
-def rm_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:
-    "Pipeline stage: the reward model into `run_dir/rm/` (needs the SFT stage for reward normalisation)."
-    project = project or ProjectConfig()
-    sft_dir(preset, run_dir, project)  # on GPU presets: stop now, naming 03_sft.ipynb, before loading any model
-    return run_stage(run_dir, 'rm', preset, lambda: rm_dir(preset, None, project), lambda out: train_rm(out, preset, project, run_dir))
+RM = register(Stage('rm', '04_reward_model.ipynb', train_rm, RMStageConfig, needs=('sft',),
+                    inputs=('pairs_train.jsonl', 'ranked_train.jsonl', 'pairs_test.jsonl', 'ranked_test.jsonl',
+                            'ppo_train.jsonl'),
+                    code=('reward.py', 'ppo.py', 'stats.py'), cached=True,  # its normalisation samples as PPO does
+                    help='reward model + diagnostics + the normalisation PPO uses'))

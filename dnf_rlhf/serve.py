@@ -75,26 +75,28 @@ def is_hateful(text:str) -> bool:
     return bool(guard_hits(text))
 
 # %% ../nbs/07_serving.ipynb #6e1f12a2
-def load_model_dir(path, preset:Preset, project:ProjectConfig|None=None):
-    "(model, tokenizer) from a LoRA adapter folder (on the base it names when that folder exists, else the preset's) or a merged model folder; quantized and placed as the preset says."
+def load_model_dir(path, run:Run):
+    "(model, tokenizer) from a LoRA adapter folder (on the base it names when that folder exists, else the run's) or a merged model folder; quantized and placed as the run says."
     from dnf_rlhf.models import load_pretrained
     path = Path(path)
     if (path/'adapter_config.json').exists():
         base = load_json(path/'adapter_config.json').get('base_model_name_or_path')
-        return load_pretrained(preset, source=base if base and Path(base).is_dir() else None, adapter=path, project=project)[:2]
-    if (path/'config.json').exists(): return load_pretrained(preset, source=path, project=project)[:2]
+        return load_pretrained(run, source=base if base and Path(base).is_dir() else None, adapter=path)[:2]
+    if (path/'config.json').exists(): return load_pretrained(run, source=path)[:2]
     raise FileNotFoundError(f"{path}: neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
 
-def load_chat_model(preset:Preset, run_dir=None, project:ProjectConfig|None=None, model_path=None) -> tuple[Any, Any, str]:
-    "(model, tokenizer, what): `model_path`, else the run's PPO model, else the SFT model (built on tiny when absent)."
-    if model_path: return (*load_model_dir(model_path, preset, project), str(model_path))
-    ppo = Path(run_dir)/'ppo' if run_dir is not None else None
-    if ppo is not None and stage_done(ppo):
+def load_chat_model(run:Run, model_path=None) -> tuple[Any, Any, str]:
+    "(model, tokenizer, what): `model_path`, else the run's latest finished chat-model stage (PPO before SFT), else the first one (built on tiny when absent)."
+    from dnf_rlhf import sft, ppo  # register the chat-model stages
+    from dnf_rlhf.models import load_chat
+    if model_path: return (*load_model_dir(model_path, run), str(model_path))
+    for name in reversed(chat_stages()):
+        d = run.dir/name if run.dir is not None else None
+        if d is None or not stage_done(d): continue
         for sub in ('merged', 'adapter'):
-            if (ppo/sub).is_dir(): return (*load_model_dir(ppo/sub, preset, project), str(ppo/sub))
-    from dnf_rlhf.sft import load_sft, sft_dir
-    model, tok = load_sft(preset, run_dir, project)
-    return model, prepare_tokenizer(tok, project), str(sft_dir(preset, run_dir, project)/'adapter')
+            if (d/sub).is_dir(): return (*load_model_dir(d/sub, run), str(d/sub))
+    first = chat_stages()[0]
+    return (*load_chat(run, first), str(run.artifact(first)/'adapter'))
 
 # %% ../nbs/07_serving.ipynb #d4e1cbb0
 @dataclass
@@ -478,9 +480,8 @@ class BackgroundServer:
 def serve_main(argv:list[str]|None=None) -> int:
     "Command line `dnf-rlhf serve`: load the chat model and the index, then serve until interrupted."
     ap = argparse.ArgumentParser(prog='dnf-rlhf serve', description='OpenAI 호환 챗봇 서버 / OpenAI-compatible chat server')
-    add_preset_args(ap)
+    add_run_args(ap)
     ap.add_argument('--run', default=None, help='run folder (its ppo/ or sft/ model and rag/index are used when present)')
-    ap.add_argument('--project', default=None, help='project config (.toml or .json): corpus and persona')
     ap.add_argument('--model', default=None, help='a LoRA adapter folder or a merged model folder to serve instead')
     ap.add_argument('--index', default=None, help='retrieval index folder (default: the run\'s, else a cached one; rebuilt when stale)')
     ap.add_argument('--no-retrieval', action='store_true', help='answer closed-book')
@@ -488,21 +489,18 @@ def serve_main(argv:list[str]|None=None) -> int:
     ap.add_argument('--workers', type=int, default=1); ap.add_argument('--queue', type=int, default=8)
     ap.add_argument('--max-tokens-limit', type=int, default=512)
     a = ap.parse_args(argv)
-    from dnf_rlhf.lore import load_corpus, chunk_corpus
-    from dnf_rlhf.rag import open_index, index_config_for, default_index_dir
+    from dnf_rlhf.rag import project_index
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
-    preset = preset_from_args(a)
-    project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
+    run = run_from_args(a, a.run)
+    preset, project = run.preset, run.project
     cfg = ServeConfig(host=a.host, port=a.port, workers=a.workers, queue_size=a.queue, max_tokens_limit=a.max_tokens_limit,
                       retrieval=not a.no_retrieval, persona=project.persona, fit_tokens=preset.sft.max_len)
     if a.host not in ('127.0.0.1', 'localhost', '::1') and not os.environ.get(cfg.api_key_env):
         log.warning('binding %s without an API key: anyone who can reach this port can use the model (set %s)', a.host, cfg.api_key_env)
-    model, tok, what = load_chat_model(preset, a.run, project, a.model)
+    model, tok, what = load_chat_model(run, a.model)
     retriever = None
     if cfg.retrieval:
-        icfg = index_config_for(preset)
-        chunks = chunk_corpus(load_corpus(project.corpus_path()), icfg.chunk_chars, icfg.chunk_overlap)
-        retriever, rebuilt = open_index(a.index or default_index_dir(project, a.run), chunks, icfg)
+        retriever, rebuilt = project_index(run, a.index)
         log.info('index: %d chunks (%s)', len(retriever.chunks), 'rebuilt' if rebuilt else 'loaded')
     log.info('serving %s on http://%s:%d/v1 (auth %s)', what, a.host, a.port, 'on' if os.environ.get(cfg.api_key_env) else 'off')
     import uvicorn

@@ -13,13 +13,12 @@ from pathlib import Path
 from .core import *
 from .formats import SFTRecord, PPORecord, read_jsonl, write_jsonl
 from .chat import build_messages, encode_example, generate_answers, is_haeyo, prepare_tokenizer
-from .models import load_pretrained, lora_targets, base_key
+from .models import load_pretrained, lora_targets
 
 # %% auto #0
-__all__ = ['SFT_CONFIGS', 'SFTStageConfig', 'sft_config', 'lora_config', 'load_sft_splits', 'sft_persona', 'sft_messages',
-           'tokenize_records', 'last_checkpoint', 'trainer_precision', 'peft_wrap', 'keep_4bit_trainable_on_cpu',
-           'train_sft', 'heldout_generation_metrics', 'write_model_card', 'merge_adapter', 'sft_key', 'sft_dir',
-           'load_sft', 'sft_stage']
+__all__ = ['SFT', 'SFTStageConfig', 'lora_config', 'load_sft_splits', 'sft_persona', 'sft_messages', 'tokenize_records',
+           'last_checkpoint', 'trainer_precision', 'peft_wrap', 'keep_4bit_trainable_on_cpu', 'train_sft',
+           'heldout_generation_metrics', 'write_model_card', 'merge_adapter']
 
 # %% ../nbs/03_sft.ipynb #07eeb5f5
 @dataclass(frozen=True)
@@ -43,18 +42,6 @@ class SFTStageConfig:
     heldout_prompts: int|None = None  # held-out prompts answered after training (None: all)
     seed: int = 0  # data order, LoRA init, sampling
 
-SFT_CONFIGS = {  # per model size; hub presets use the default
-    'tiny': SFTStageConfig(lr=2e-3, epochs=6, eval_steps=40, lora_r=32, lora_alpha=64),
-    'test': SFTStageConfig(lr=3e-3, epochs=3, eval_steps=25, lora_r=32, lora_alpha=64, max_new_tokens=48,
-                           group_by_length=False),  # in 150 steps grouped batches cut the eval-loss drop from 18 % to 14 %
-    'rehearsal': SFTStageConfig(max_steps=4, eval_steps=2, val_frac=0.02, max_new_tokens=16,  # the GPU path, a few steps
-                                heldout_prompts=8),
-}
-
-def sft_config(preset:Preset) -> SFTStageConfig:
-    "The SFT hyper-parameters for `preset`."
-    return SFT_CONFIGS.get(preset.size, SFTStageConfig())
-
 # %% ../nbs/03_sft.ipynb #f7c9a1e0
 def lora_config(cfg:SFTStageConfig, model, task_type:str='CAUSAL_LM', **kw):
     "A PEFT `LoraConfig` for `model` from `cfg`."
@@ -71,18 +58,18 @@ def load_sft_splits(project:ProjectConfig|None=None, val_frac:float=0.1) -> dict
     is_val = lambda r: int(hashlib.sha256(r.prompt.encode()).hexdigest(), 16) % 1000 < val_frac * 1000
     return dict(train=[r for r in train if not is_val(r)], val=[r for r in train if is_val(r)], test=test)
 
-def sft_persona(project:ProjectConfig, cfg:SFTStageConfig) -> str|None:
+def sft_persona(run:Run) -> str|None:
     "The persona line SFT trains with (None when the config leaves it out): every prompt the SFT model later sees uses it too."
-    return project.persona if cfg.with_persona else None
+    return run.project.persona if run.cfg('sft').with_persona else None
 
-def sft_messages(r:SFTRecord|PPORecord, project:ProjectConfig, cfg:SFTStageConfig) -> list[dict]:
+def sft_messages(r:SFTRecord|PPORecord, run:Run) -> list[dict]:
     "The conversation of one SFT or PPO record: persona line, retrieved context (if the record has one), the question."
-    return build_messages(r.prompt, context=getattr(r, 'context', None), persona=sft_persona(project, cfg))
+    return build_messages(r.prompt, context=getattr(r, 'context', None), persona=sft_persona(run))
 
-def tokenize_records(records:list[SFTRecord], tokenizer, max_len:int, project:ProjectConfig, cfg:SFTStageConfig):
-    "A `datasets.Dataset` of input_ids + completion_mask, and how many examples did not fit."
+def tokenize_records(records:list[SFTRecord], tokenizer, run:Run):
+    "A `datasets.Dataset` of input_ids + completion_mask (at most the preset's `sft.max_len` tokens), and how many did not fit."
     from datasets import Dataset
-    rows = [encode_example(tokenizer, sft_messages(r, project, cfg), r.completion, max_len) for r in records]
+    rows = [encode_example(tokenizer, sft_messages(r, run), r.completion, run.preset.sft.max_len) for r in records]
     kept = [x for x in rows if x is not None]
     return Dataset.from_list(kept), len(rows) - len(kept)
 
@@ -111,23 +98,21 @@ def keep_4bit_trainable_on_cpu(model):
     return model
 
 # %% ../nbs/03_sft.ipynb #90389d50
-def train_sft(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None, cfg:SFTStageConfig|None=None,
-              policy:Policy|None=None, callbacks=(), limit:int|None=None) -> dict:
-    "Fine-tune `preset`'s base on the SFT data into `out` (adapter, tokenizer, manifest, metrics, model card); `limit` caps every split (tests)."
+def train_sft(out, run:Run, callbacks=(), limit:int|None=None) -> dict:
+    "Fine-tune the run's base on the SFT data into `out` (adapter, tokenizer, manifest, metrics, model card); `limit` caps every split (tests)."
     from trl import SFTTrainer, SFTConfig
     from transformers import EarlyStoppingCallback
-    out, project = Path(out), project or ProjectConfig()
-    cfg, shape = cfg or sft_config(preset), preset.sft
-    policy = policy or device_policy(probe_hardware(), preset)
+    out, preset, project, policy = Path(out), run.preset, run.project, run.policy
+    cfg, shape = run.cfg('sft'), preset.sft
     set_seed(cfg.seed)
     t0 = time.time()
     # 1-2. base (4-bit on CUDA) + LoRA
-    model, tok, base_info = load_pretrained(preset, run_dir, policy, project=project)
+    model, tok, base_info = load_pretrained(run)
     model = peft_wrap(model, cfg, policy, preset.gradient_checkpointing)
     # 3. data
     splits = {k: v[:limit] for k, v in load_sft_splits(project, cfg.val_frac).items()}
-    train_ds, skipped = tokenize_records(splits['train'], tok, shape.max_len, project, cfg)
-    val_ds, _ = tokenize_records(splits['val'], tok, shape.max_len, project, cfg)
+    train_ds, skipped = tokenize_records(splits['train'], tok, run)
+    val_ds, _ = tokenize_records(splits['val'], tok, run)
     args = SFTConfig(
         output_dir=str(out/'checkpoints'), per_device_train_batch_size=shape.batch_size,
         per_device_eval_batch_size=shape.batch_size, gradient_accumulation_steps=shape.grad_accum,
@@ -158,21 +143,20 @@ def train_sft(out, preset:Preset, project:ProjectConfig|None=None, run_dir=None,
                'sft/train_seconds': time.time() - t0}
     save_json(out/'log_history.json', trainer.state.log_history)
     metrics['sft/gradient_checkpointing'] = bool(getattr(model, 'is_gradient_checkpointing', False))
-    metrics.update(heldout_generation_metrics(model, tok, splits['test'][:cfg.heldout_prompts], project, cfg, out/'samples.jsonl'))
+    metrics.update(heldout_generation_metrics(model, tok, splits['test'][:cfg.heldout_prompts], run, out/'samples.jsonl'))
     _plot_sft(trainer.state.log_history, out/'loss.png')
-    if cfg.merge: merge_adapter(out, preset, run_dir)
+    if cfg.merge: merge_adapter(out, run)
     shutil.rmtree(out/'checkpoints', ignore_errors=True)
     write_metrics(out, metrics)
-    write_model_card(out, preset, cfg, metrics, base_info)
-    write_manifest(out, 'sft', preset, cfg, inputs={'sft_train': project.datasets_path()/'sft_train.jsonl'}, base=base_info)
+    write_model_card(out, run, metrics, base_info)
+    run.manifest(out, 'sft', base=base_info)
     return metrics
 
 # %% ../nbs/03_sft.ipynb #6ce9695b
-def heldout_generation_metrics(model, tok, records:list[SFTRecord], project:ProjectConfig, cfg:SFTStageConfig,
-                               samples_path=None, prefix:str='sft') -> dict:
+def heldout_generation_metrics(model, tok, records:list[SFTRecord], run:Run, samples_path=None, prefix:str='sft') -> dict:
     "Greedy answers to held-out prompts: non-empty rate, EOS rate, 해요체 rate, mean length (tokens)."
     if not records: return {}
-    gens = generate_answers(model, tok, [sft_messages(r, project, cfg) for r in records], max_new_tokens=cfg.max_new_tokens)
+    gens = generate_answers(model, tok, [sft_messages(r, run) for r in records], max_new_tokens=run.cfg('sft').max_new_tokens)
     ok = [g['text'] != '' and g['ended'] for g in gens]
     if samples_path:
         write_jsonl(samples_path, [dict(prompt=r.prompt, expected=r.completion, answer=g['text'], ended=g['ended'], kind=r.kind)
@@ -195,8 +179,9 @@ def _plot_sft(history:list[dict], path):
     ax.set_xlabel('step'); ax.set_ylabel('cross-entropy'); ax.set_title('SFT loss'); ax.legend(); fig.tight_layout()
     fig.savefig(path, dpi=110); plt.close(fig)
 
-def write_model_card(out, preset:Preset, cfg:SFTStageConfig, metrics:dict, base_info:dict):
+def write_model_card(out, run:Run, metrics:dict, base_info:dict):
     "A short README.md model card for the adapter."
+    preset, cfg = run.preset, run.cfg('sft')
     rows = '\n'.join(f"| `{k}` | {v:.4g} |" if isinstance(v, float) else f"| `{k}` | {v} |" for k, v in metrics.items())
     (Path(out)/'README.md').write_text(f"""# dnf_rlhf SFT adapter ({preset.name})
 
@@ -213,30 +198,14 @@ general assistant.
 {rows}
 """, encoding='utf-8')
 
-def merge_adapter(out, preset:Preset, run_dir=None):
+def merge_adapter(out, run:Run):
     "Merge `out/adapter` into a full-precision copy of the base (never into 4-bit weights) at `out/merged`."
-    full = replace(preset, quantization=None)
-    model, tok, _ = load_pretrained(full, run_dir, device_policy(probe_hardware(), full), adapter=Path(out)/'adapter')
+    full = replace(run, preset=replace(run.preset, quantization=None), policy=None)  # its own device plan, without NF4
+    model, tok, _ = load_pretrained(full, adapter=Path(out)/'adapter')
     merged = model.merge_and_unload()
     merged.save_pretrained(Path(out)/'merged'); tok.save_pretrained(Path(out)/'merged')
 
 # %% ../nbs/03_sft.ipynb #6e1d5eaf
-def sft_key(preset:Preset, project:ProjectConfig) -> str:
-    "Cache key of the tiny SFT artifact: configs, data, base and code."
-    return config_hash(preset, sft_config(preset), project, file_hash(project.datasets_path()/'sft_train.jsonl'),
-                       base_key(preset), *(file_hash(package_dir()/f) for f in ('sft.py', 'chat.py', 'models.py')))
-
-def sft_dir(preset:Preset, run_dir=None, project:ProjectConfig|None=None) -> Path:
-    "Folder of the SFT artifact for `preset` (run folder, else the tiny cache, else an error naming this notebook)."
-    project = project or ProjectConfig()
-    return require_stage(run_dir, 'sft', preset, lambda out: train_sft(out, preset, project), key=sft_key(preset, project))
-
-def load_sft(preset:Preset, run_dir=None, project:ProjectConfig|None=None, policy:Policy|None=None):
-    "(base model carrying the SFT LoRA adapter, tokenizer with the chat template), for inference."
-    return load_pretrained(preset, run_dir, policy, adapter=sft_dir(preset, run_dir, project)/'adapter', project=project)[:2]
-
-# %% ../nbs/03_sft.ipynb #1e251a93
-def sft_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:
-    "Pipeline stage: SFT into `run_dir/sft/` (resumes from `sft.partial/` checkpoints after a disconnect)."
-    project = project or ProjectConfig()
-    return run_stage(run_dir, 'sft', preset, lambda: sft_dir(preset, None, project), lambda out: train_sft(out, preset, project, run_dir))
+SFT = register(Stage('sft', '03_sft.ipynb', train_sft, SFTStageConfig, inputs=('sft_train.jsonl',),
+                     code=('sft.py', 'chat.py', 'models.py'), cached=True, chat_model=True,
+                     help='QLoRA supervised fine-tuning on the question-answer data'))

@@ -17,9 +17,9 @@ from .lore import load_corpus
 from .formats import held_out_docs, read_jsonl, DNF_TEST_DOCS
 
 # %% auto #0
-__all__ = ['TINY_SIZES', 'SPECIAL_TOKENS', 'PAD_CANDIDATES', 'TinyBaseConfig', 'base_corpus', 'train_tokenizer', 'pack',
-           'unigram_loss', 'make_model', 'lm_loss', 'lr_at', 'train_base', 'build_tiny_base', 'tiny_base_key',
-           'tiny_base_path', 'ensure_pad_token', 'continue_text', 'tinybase_stage']
+__all__ = ['SPECIAL_TOKENS', 'TINYBASE', 'PAD_CANDIDATES', 'TinyBaseConfig', 'base_corpus', 'train_tokenizer', 'pack',
+           'unigram_loss', 'make_model', 'lm_loss', 'lr_at', 'train_base', 'build_tiny_base', 'train_tinybase',
+           'ensure_pad_token', 'continue_text']
 
 # %% ../nbs/01a_tiny_base.ipynb #0d6229a7
 @dataclass(frozen=True)
@@ -44,11 +44,6 @@ class TinyBaseConfig:
     heldout_docs: int = 6  # lore documents kept out of training to measure held-out loss
     seed: int = 0  # everything is deterministic given this seed
 
-TINY_SIZES = {
-    'tiny': TinyBaseConfig(),
-    'test': TinyBaseConfig(vocab_size=4000, hidden_size=128, num_layers=2, intermediate_size=512, steps=150,
-                           lr=2e-3, eval_every=50),
-}
 SPECIAL_TOKENS = {'eos': '<|endoftext|>', 'pad': '<|padding|>'}  # pad is distinct from EOS from the start
 
 # %% ../nbs/01a_tiny_base.ipynb #7a5caf32
@@ -163,9 +158,9 @@ def _plot_losses(hist:dict, unigram:float, path):
     ax.set_xlabel('step'); ax.set_ylabel('cross-entropy (nats/token)'); ax.set_title('tiny base: language-model loss')
     ax.legend(); fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
-def build_tiny_base(out, size:str='tiny', corpus_dir=None, demo_dir=None) -> dict:
-    "Train the tokenizer and the base model of `size` into `out/model`; write metrics and the loss curve."
-    cfg, out = TINY_SIZES[size], Path(out)
+def build_tiny_base(out, cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None) -> dict:
+    "Train the tokenizer and the base model `cfg` into `out/model`; write metrics and the loss curve."
+    out = Path(out)
     set_seed(cfg.seed)
     t0 = time.time()
     train_texts, held_texts, held_ids = base_corpus(cfg, corpus_dir, demo_dir)
@@ -187,16 +182,19 @@ def build_tiny_base(out, size:str='tiny', corpus_dir=None, demo_dir=None) -> dic
     return metrics
 
 # %% ../nbs/01a_tiny_base.ipynb #339b8e69
-def tiny_base_key(size:str, corpus_dir=None, demo_dir=None) -> str:
-    "Cache key of the tiny base: its config, its input data and the code that builds it."
-    demo = Path(demo_dir) if demo_dir else data_dir()/'demo'
-    inputs = [file_hash(Path(corpus_dir) if corpus_dir else data_dir()/'lore')]
-    inputs += [file_hash(demo/n) for n in ('sft_train.jsonl', 'ppo_train.jsonl') if (demo/n).exists()]
-    return config_hash(TINY_SIZES[size], inputs, file_hash(package_dir()/'tinybase.py'))
+def train_tinybase(out, run:Run) -> dict:
+    "The tinybase stage: the project's own base model trained into `out`, or for another base a record of which one."
+    if run.preset.own_base:
+        metrics = build_tiny_base(out, run.cfg('tinybase'), run.project.corpus_path(), run.project.datasets_path())
+    else:
+        metrics = {'base/hub_id': run.preset.base.name, 'base/revision': run.preset.base.revision}
+        write_metrics(out, metrics)
+    run.manifest(out, 'tinybase', base=asdict(run.preset.base))
+    return metrics
 
-def tiny_base_path(size:str='tiny') -> Path:
-    "Folder of the cached tiny base of `size` (built on first use)."
-    return cached_build('tinybase', f"{size}-{tiny_base_key(size)}", lambda out: build_tiny_base(out, size))
+TINYBASE = register(Stage('tinybase', '01a_tiny_base.ipynb', train_tinybase, TinyBaseConfig,
+                          inputs=('lore', 'sft_train.jsonl', 'ppo_train.jsonl'), code=('tinybase.py',), on_base=False,
+                          cached=True, help="the project's own base model on tiny presets; the hub id otherwise"))
 
 # %% ../nbs/01a_tiny_base.ipynb #79ab2ef3
 PAD_CANDIDATES = ('<|padding|>', '<pad>', '[PAD]', '<|pad|>', '<unk>')
@@ -230,18 +228,3 @@ def continue_text(model, tokenizer, prompts:list[str], max_new_tokens:int=48, se
                            pad_token_id=tokenizer.pad_token_id)
         outs.append(tokenizer.decode(g[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))
     return outs
-
-# %% ../nbs/01a_tiny_base.ipynb #f4fbc5e4
-def tinybase_stage(preset:Preset, run_dir, project:ProjectConfig|None=None) -> dict:
-    "Pipeline stage: the project's own base model into `run_dir/tinybase/`, or a record of the other base (hub id or folder)."
-    with stage_output(run_dir, 'tinybase') as out:
-        if preset.own_base:
-            src = tiny_base_path(preset.tiny_size)
-            if (out/'model').exists(): shutil.rmtree(out/'model')
-            shutil.copytree(src/'model', out/'model')
-            for f in ('loss.png', 'history.json', 'heldout_docs.json'): shutil.copy(src/f, out/f)
-            metrics = load_json(src/METRICS)
-        else: metrics = {'base/hub_id': preset.base.name, 'base/revision': preset.base.revision}
-        write_metrics(out, metrics)
-        write_manifest(out, 'tinybase', preset, TINY_SIZES[preset.tiny_size] if preset.own_base else preset.base)
-    return metrics

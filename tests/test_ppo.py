@@ -3,10 +3,15 @@ import json
 from dataclasses import replace
 import pytest
 from safetensors.torch import load_file
-from dnf_rlhf.core import PRESETS, get_preset, load_json, stage_done
-from dnf_rlhf.ppo import (ppo_config, train_ppo, last_ppo_checkpoint, signoff_reward, ppo_main, ppo_dir, CHECKPOINT_PREFIX)
+from dnf_rlhf.core import PRESETS, Run, load_json, run_stage, stage_done
+from dnf_rlhf.cli import main
+from dnf_rlhf.ppo import train_ppo, last_ppo_checkpoint, signoff_reward, CHECKPOINT_PREFIX
 
 PRESET = PRESETS['test']
+
+def run_with(**ppo) -> Run:
+    "The `test`-size run with these PPO settings (as `--set ppo.KEY=VALUE` would give)."
+    return Run(PRESET, overrides={'ppo': ppo})
 
 class Killed(Exception):
     "Stands in for a disconnect in the middle of a run."
@@ -18,11 +23,11 @@ def kill_after(step_to_die):
 
 def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path):
     # checkpoints every 2 steps; the run dies after step index 2, so step 2 is redone from the checkpoint after step 1
-    cfg = replace(ppo_config(PRESET), steps=4, checkpoint_every=2, sample_every=1, eval_prompts=8)
-    full = train_ppo(tmp_path/'full', PRESET, cfg=cfg)
-    with pytest.raises(Killed): train_ppo(tmp_path/'cut', PRESET, cfg=cfg, callbacks=[kill_after(2)])
+    run = run_with(steps=4, checkpoint_every=2, sample_every=1, eval_prompts=8)
+    full = train_ppo(tmp_path/'full', run)
+    with pytest.raises(Killed): train_ppo(tmp_path/'cut', run, callbacks=[kill_after(2)])
     assert last_ppo_checkpoint(tmp_path/'cut').name == f'{CHECKPOINT_PREFIX}000002'
-    resumed = train_ppo(tmp_path/'cut', PRESET, cfg=cfg)
+    resumed = train_ppo(tmp_path/'cut', run)
     assert (full['ppo/resumed_at'], resumed['ppo/resumed_at']) == (0, 2)
     h_full, h_cut = load_json(tmp_path/'full'/'history.json'), load_json(tmp_path/'cut'/'history.json')
     assert len(h_full) == 4 and h_full == h_cut  # every metric of every step, compared exactly
@@ -33,9 +38,8 @@ def test_resume_gives_exactly_the_uninterrupted_metrics(tmp_path):
     assert not list((tmp_path/'cut').glob(f'{CHECKPOINT_PREFIX}*'))  # checkpoints are removed once the artifact is complete
 
 def test_nonfinite_loss_stops_and_saves_a_checkpoint(tmp_path):
-    cfg = replace(ppo_config(PRESET), steps=2, eval_prompts=8)
     with pytest.raises(FloatingPointError, match='nonfinite-checkpoint'):
-        train_ppo(tmp_path, PRESET, cfg=cfg, reward_fn=lambda text: float('nan'))
+        train_ppo(tmp_path, run_with(steps=2, eval_prompts=8), reward_fn=lambda text: float('nan'))
     assert (tmp_path/'nonfinite-checkpoint'/'trainable.safetensors').exists()
     assert last_ppo_checkpoint(tmp_path) is None  # never picked up as a resume point
     assert not (tmp_path/'adapter').exists()
@@ -43,8 +47,8 @@ def test_nonfinite_loss_stops_and_saves_a_checkpoint(tmp_path):
 def test_signoff_reward_rises_on_heldout_prompts_with_kl_below_target(tmp_path):
     "The SFT model never ends with PPO_SIGNOFF; PPO on the dense sign-off reward must raise it on held-out prompts."
     kl_target = 6.0
-    cfg = replace(ppo_config(PRESET), steps=64, lr=3e-4, ppo_epochs=4, init_kl_coef=0.02, kl_target=kl_target, eval_prompts=64)
-    m = train_ppo(tmp_path, PRESET, cfg=cfg, reward_fn=signoff_reward)
+    run = run_with(steps=64, lr=3e-4, ppo_epochs=4, init_kl_coef=0.02, kl_target=kl_target, eval_prompts=64)
+    m = train_ppo(tmp_path, run, reward_fn=signoff_reward)
     print({k: round(v, 4) for k, v in m.items() if isinstance(v, float)})
     assert m['ppo_eval/prompts'] >= 64
     assert m['ppo_eval/raw_sft'] < 0.5  # the SFT model does not already satisfy it
@@ -53,26 +57,25 @@ def test_signoff_reward_rises_on_heldout_prompts_with_kl_below_target(tmp_path):
     assert m['ppo_eval/kl'] < kl_target and m['ppo/kl_final'] < kl_target
     assert load_json(tmp_path/'manifest.json')['reward'] == 'reward_fn'
 
-def test_ppo_main_writes_the_stage(tmp_path, monkeypatch, capsys):
+def test_ppo_command_writes_the_stage(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv('DNF_RLHF_TEST', '1')  # `tiny` becomes the `test` size, as under nbdev-test
-    assert ppo_main(['--preset', 'tiny', '--out', str(tmp_path)]) == 0
-    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert stage_done(tmp_path/'ppo') and out['ppo/steps'] == ppo_config(get_preset('tiny')).steps
-    assert ppo_dir(get_preset('tiny'), tmp_path) == tmp_path/'ppo'
+    assert main(['ppo', '--preset', 'tiny', '--out', str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert stage_done(tmp_path/'ppo') and out['ppo/steps'] == Run(PRESET).cfg('ppo').steps
+    assert Run(PRESET, dir=tmp_path).artifact('ppo') == tmp_path/'ppo'
     assert (tmp_path/'ppo'/'adapter'/'adapter_model.safetensors').exists() and (tmp_path/'ppo'/'curves.png').exists()
-    with pytest.raises(SystemExit): ppo_main(['--preset', 'tiny'])  # --out is required
+    with pytest.raises(SystemExit): main(['ppo', '--preset', 'tiny'])  # --out is required
+
+def test_ppo_on_tpu_is_a_clear_error(tmp_path):
+    with pytest.raises(NotImplementedError, match='TPU'): run_stage(Run(PRESETS['tpu'], dir=tmp_path), 'ppo')
 
 def test_four_bit_shared_layout_trains(tmp_path):
     "The QLoRA path of the GPU presets (NF4 base + LoRA adapters), run on CPU through bitsandbytes: one PPO step and the report."
-    from dnf_rlhf.tinybase import tinybase_stage
-    from dnf_rlhf.sft import sft_stage
-    from dnf_rlhf.reward import rm_stage
-    from dnf_rlhf.core import device_policy, probe_hardware
-    run = tmp_path/'run'
-    for stage in (tinybase_stage, sft_stage, rm_stage): stage(PRESET, run)  # fp32 SFT/RM artifacts of the test size
-    nf4 = replace(PRESET, quantization='nf4', gradient_checkpointing=True)
-    m = train_ppo(tmp_path/'ppo', nf4, run_dir=run, cfg=replace(ppo_config(PRESET), steps=2, eval_prompts=4),
-                  policy=device_policy(probe_hardware(), nf4))
+    run = Run(PRESET, dir=tmp_path/'run')
+    for stage in ('tinybase', 'sft', 'rm'): run_stage(run, stage)  # fp32 SFT/RM artifacts of the test size
+    nf4 = Run(replace(PRESET, quantization='nf4', gradient_checkpointing=True), dir=run.dir,
+              overrides={'ppo': dict(steps=2, eval_prompts=4)})
+    m = train_ppo(tmp_path/'ppo', nf4)
     assert m['ppo/steps'] == 2 and abs(m['ppo_eval/kl']) < 1.0
     assert load_json(tmp_path/'ppo'/'manifest.json')['preset']['quantization'] == 'nf4'
 

@@ -113,7 +113,8 @@ def test_tiny_embedder_is_deterministic_and_never_sees_questions(tmp_path, chunk
 
 def test_context_fits_the_token_budget(hybrid):
     from dnf_rlhf.models import load_pretrained
-    tok = load_pretrained(get_preset('test'))[1]
+    from dnf_rlhf.core import Run
+    tok = load_pretrained(Run(get_preset('test')))[1]
     hits = hybrid.search('머크우드는 어떤 곳인가요?', k=3)
     full, ids = build_context(hits)
     assert ids == [h.id for h in hits]
@@ -149,7 +150,8 @@ def test_index_command(tmp_path, test_env):
 
 def test_rag_stage_writes_index_metrics_and_manifest(tmp_path):
     from dnf_rlhf.core import stage_done, load_json
-    metrics = rag_stage(get_preset('test'), tmp_path)
+    from dnf_rlhf.core import Run, run_stage
+    metrics = run_stage(Run(get_preset('test'), dir=tmp_path), 'rag')
     assert stage_done(tmp_path/'rag') and load_json(tmp_path/'rag'/'metrics.json') == metrics
     assert metrics['rag/hybrid_all_recall@5'] >= 0.9 and metrics['rag/bm25_particle_recall@5'] >= 0.9
     assert default_index_dir(run_dir=tmp_path) == tmp_path/'rag'/'index'

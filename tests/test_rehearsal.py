@@ -4,7 +4,7 @@ Llama like Llama-3 / EXAONE 4 / Qwen, with its own chat template) go through `co
 eval, then one request to the chat server; and `--base` on a Llama-family folder at the `test` size."""
 import openai, pytest
 from conftest import cli
-from dnf_rlhf.core import get_preset, load_json, CPU_SUBSTITUTES
+from dnf_rlhf.core import Run, get_preset, load_json, CPU_SUBSTITUTES
 
 @pytest.fixture(scope='module')
 def standins(tmp_path_factory):
@@ -13,11 +13,11 @@ def standins(tmp_path_factory):
     d = tmp_path_factory.mktemp('standins')
     return {f: standin_base(f, d/f) for f in STANDINS}
 
-def _served_answer(preset, run_dir) -> tuple:
+def _served_answer(run) -> tuple:
     "One chat request through the real `openai` client to the server on 127.0.0.1 loading the run's PPO model."
     from dnf_rlhf.serve import BackgroundServer, Engine, ServeConfig, load_chat_model, make_app
-    model, tok, what = load_chat_model(preset, run_dir)
-    engine = Engine(model, tok, None, ServeConfig(fit_tokens=preset.sft.max_len, retrieval=False))
+    model, tok, what = load_chat_model(run)
+    engine = Engine(model, tok, None, ServeConfig(fit_tokens=run.preset.sft.max_len, retrieval=False))
     with BackgroundServer(make_app(engine)) as srv:
         c = openai.OpenAI(base_url=srv.base_url, api_key='unused', max_retries=0, timeout=300)
         r = c.chat.completions.create(model='dnf-rlhf', messages=[{'role': 'user', 'content': '바칼은 누구인가요?'}], max_tokens=8)
@@ -41,7 +41,7 @@ def test_colab_t4_rehearsal(family, standins, tmp_path, test_env):
     assert all(k in ev for k in ('eval/ppo/reward', 'eval/sft/eos_rate', 'eval/base+rag/tokens'))
     eot = load_json(out/'sft'/'manifest.json')['base']['end_of_turn']
     assert eot == ('<|eot_id|>' if family == 'llama-3' else '<|endoftext|>')  # SFT labels end on the template's end of turn
-    what, choice = _served_answer(get_preset('colab-t4').with_base(base).rehearsed(), out)
+    what, choice = _served_answer(Run(get_preset('colab-t4').with_base(base).rehearsed(), dir=out))
     assert what.endswith('ppo/adapter') and isinstance(choice.message.content, str)
     assert choice.finish_reason in ('stop', 'length')
 

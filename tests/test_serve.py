@@ -3,7 +3,7 @@ the input guard, merged models, the CLI, and the dataset generator pointed at th
 import concurrent.futures, json, os, socket, subprocess, sys, time
 from contextlib import contextmanager
 import httpx, openai, pytest
-from dnf_rlhf.core import cache_root, get_preset, load_json
+from dnf_rlhf.core import Run, cache_root, get_preset, load_json
 from dnf_rlhf.lore import load_corpus, chunk_corpus
 from dnf_rlhf.rag import build_retriever
 from dnf_rlhf.serve import *
@@ -14,7 +14,7 @@ KEY = 'test-key-9f8e7d6c5b4a'
 @pytest.fixture(scope='module')
 def chat_model():
     "The SFT model of the `test` size (built and cached on first use) and its tokenizer."
-    model, tok, what = load_chat_model(get_preset('test'))
+    model, tok, what = load_chat_model(Run(get_preset('test')))
     assert 'sft' in what  # the SFT adapter, never the bare base model
     return model, tok
 
@@ -186,7 +186,7 @@ def test_serves_a_merged_model_like_the_adapter(chat_model, tmp_path, serve, ret
     import copy
     merged = copy.deepcopy(model).merge_and_unload()
     merged.save_pretrained(tmp_path/'merged'); tok.save_pretrained(tmp_path/'merged')
-    m2, t2 = load_model_dir(tmp_path/'merged', get_preset('test'))
+    m2, t2 = load_model_dir(tmp_path/'merged', Run(get_preset('test')))
     assert not hasattr(m2, 'peft_config')
     engine = Engine(m2, t2, retriever, ServeConfig(fit_tokens=get_preset('test').sft.max_len))
     with BackgroundServer(make_app(engine, api_key='')) as srv: got = ask(srv).choices[0].message.content

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 from conftest import cli
-from dnf_rlhf.core import get_preset, load_json, METRICS, MissingArtifactError
-from dnf_rlhf.sft import train_sft, sft_config
+from dnf_rlhf.core import Run, get_preset, load_json, METRICS, MissingArtifactError
+from dnf_rlhf.sft import train_sft
 
 class Steps(TrainerCallback):
     "Record the optimizer steps this run actually took."
@@ -19,12 +19,13 @@ class Disconnect(TrainerCallback):
     def on_save(self, args, state, control, **kw):
         if state.global_step >= self.at: raise ConnectionError(f'runtime disconnected at step {state.global_step}')
 
-def small(preset='test'):
-    return replace(sft_config(get_preset(preset)), eval_steps=2, max_new_tokens=8)
+def small(preset='test', **sft) -> Run:
+    "A `test`-size run with short SFT evaluations (and these SFT settings)."
+    p = preset if not isinstance(preset, str) else get_preset(preset)
+    return Run(p, overrides={'sft': dict(eval_steps=2, max_new_tokens=8, **sft)})
 
 def test_qlora_4bit_steps_on_cpu(tmp_path):
-    nf4 = replace(get_preset('test'), quantization='nf4')
-    m = train_sft(tmp_path, nf4, cfg=replace(small(), max_steps=3), limit=24)
+    m = train_sft(tmp_path, small(replace(get_preset('test'), quantization='nf4'), max_steps=3), limit=24)
     assert m['sft/steps'] == 3
     assert m['sft/eval_loss_start'] > 0 and m['sft/eval_loss_end'] > 0  # evaluation and training alternate on 4-bit CPU
     man = load_json(tmp_path/'manifest.json')
@@ -33,12 +34,11 @@ def test_qlora_4bit_steps_on_cpu(tmp_path):
     assert (tmp_path/'adapter'/'adapter_model.safetensors').exists()
 
 def test_resume_after_disconnect(tmp_path):
-    cfg = small()
     with pytest.raises(ConnectionError):
-        train_sft(tmp_path, get_preset('test'), cfg=replace(cfg, max_steps=6), limit=48, callbacks=[Disconnect(4)])
+        train_sft(tmp_path, small(max_steps=6), limit=48, callbacks=[Disconnect(4)])
     assert (tmp_path/'checkpoints'/'checkpoint-4').exists()  # checkpoints every eval_steps=2
     steps = Steps()
-    m = train_sft(tmp_path, get_preset('test'), cfg=replace(cfg, max_steps=6), limit=48, callbacks=[steps])
+    m = train_sft(tmp_path, small(max_steps=6), limit=48, callbacks=[steps])
     assert m['sft/resumed'] and m['sft/steps'] == 6
     assert steps.seen == [5, 6]  # the second run continued from checkpoint-4 instead of starting over
 
