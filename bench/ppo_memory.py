@@ -115,8 +115,9 @@ def worker(a):
     import peft, transformers.generation.utils  # noqa: F401  (imported before the baseline RSS is read)
     from transformers import GPTNeoXForCausalLM, GPTNeoXForSequenceClassification  # noqa: F401
     from types import SimpleNamespace
-    from dnf_rlhf.core import RolloutShape
-    from dnf_rlhf.ppo import PPOStageConfig, AdaptiveKLController, build_layout, ppo_step
+    from dataclasses import replace
+    from dnf_rlhf.core import PRESETS, RolloutShape, Run
+    from dnf_rlhf.ppo import AdaptiveKLController, build_layout, ppo_step
     cuda = torch.cuda.is_available()
     device = 'cuda' if cuda else 'cpu'
     rss0 = psutil.Process().memory_info().rss
@@ -135,14 +136,15 @@ def worker(a):
         opt = torch.optim.AdamW(list(trainable.values()), lr=1e-5, eps=1e-5)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 1.0)
         shape = RolloutShape(batch_size=a.batch, minibatch_size=a.batch, max_prompt_len=a.prompt, max_new_tokens=a.response)
-        cfg = PPOStageConfig(ppo_epochs=1, micro_batch_size=a.batch, temperature=1.0)
+        run = Run(replace(PRESETS['colab-t4'], ppo=shape), overrides={'ppo': dict(ppo_epochs=1, micro_batch_size=a.batch,
+                                                                                   temperature=1.0)})
         tok = SimpleNamespace(pad_token_id=0, eos_token_id=1)
         g = torch.Generator().manual_seed(0)
         q = torch.randint(2, vocab, (a.batch, a.prompt), generator=g)
         batch = dict(query_ids=q, query_mask=torch.ones_like(q), rm_ids=q.clone(), rm_mask=torch.ones_like(q))
         torch.manual_seed(0)
         t1 = time.time()
-        metrics, ro = ppo_step(layout, tok, batch, cfg, shape, AdaptiveKLController(0.05, 6.0), opt, sched, {'mean': 0.0, 'std': 1.0})
+        metrics, ro = ppo_step(layout, tok, batch, run, AdaptiveKLController(0.05, 6.0), opt, sched, {'mean': 0.0, 'std': 1.0})
         secs = time.time() - t1
     except torch.cuda.OutOfMemoryError as e:
         print(json.dumps(dict(layout=a.worker, size=a.size, device=device, fits=False, cap_gb=a.cap_gb, error=str(e)[:300],

@@ -110,15 +110,13 @@ def main():
     a = ap.parse_args()
     import torch
     from dataclasses import replace
-    from dnf_rlhf.core import PRESETS, ProjectConfig, cache_root, set_seed
+    from dnf_rlhf.core import PRESETS, ProjectConfig, Run, cache_root, set_seed
     from dnf_rlhf.formats import read_jsonl, PPORecord
-    from dnf_rlhf.sft import sft_dir, sft_config
-    from dnf_rlhf.reward import rm_dir, rm_config
     from dnf_rlhf.models import base_source
-    from dnf_rlhf.ppo import (ppo_config, load_layout, encode_queries, ppo_step, kl_controller,
-                              batch_indices, cpu_threads)
-    preset, project = PRESETS[a.preset], ProjectConfig()
-    cfg, shape = ppo_config(preset), preset.ppo
+    from dnf_rlhf.ppo import load_layout, encode_queries, ppo_step, kl_controller, batch_indices, cpu_threads
+    run = Run(PRESETS[a.preset], ProjectConfig(), a.run_dir)
+    preset, project = run.preset, run.project
+    cfg, shape = run.cfg('ppo'), preset.ppo
     threads = a.threads or cfg.cpu_threads or torch.get_num_threads()
     t_start = time.time()
     out = dict(bench='ppo_speed', preset=preset.name, threads=threads, batch=shape.batch_size, minibatch=shape.minibatch_size,
@@ -126,9 +124,8 @@ def main():
     train = read_jsonl(project.datasets_path()/'ppo_train.jsonl', PPORecord)
     batches = [[train[i] for i in batch_indices(len(train), s, shape.batch_size, 0)[0]] for s in range(a.steps + 1)]
     with cpu_threads(threads):
-        layout, tok, norm = load_layout(preset, a.run_dir, project, cfg)
-        scfg, rcfg = sft_config(preset), rm_config(preset)
-        enc = [encode_queries(tok, b, project, scfg, rcfg, shape.max_prompt_len) for b in batches]
+        layout, tok, norm = load_layout(run)
+        enc = [encode_queries(tok, b, run) for b in batches]
         # 1. batched vs one-at-a-time rollouts (both with the KV cache)
         gen = lambda ids, mask: layout.generate(ids, mask, shape.max_new_tokens, tok.eos_token_id, tok.pad_token_id, cfg.temperature)
         layout.eval()
@@ -163,16 +160,16 @@ def main():
         kl = kl_controller(cfg, shape)
         set_seed(0); ours, lengths = [], []
         for i, b in enumerate(enc):
-            t0 = time.perf_counter(); m, ro = ppo_step(layout, tok, b, cfg, shape, kl, opt, sched, norm)
+            t0 = time.perf_counter(); m, ro = ppo_step(layout, tok, b, run, kl, opt, sched, norm)
             if i: ours.append(time.perf_counter() - t0); lengths.append(m['ppo/response_length'])
         out.update(ours_step_seconds=round(statistics.median(ours), 3), ours_mean_response_tokens=round(statistics.mean(lengths), 2))
         print('ours', out, flush=True)
     # 3. the same step in classic TRL
-    sft, rm = sft_dir(preset, a.run_dir, project), rm_dir(preset, a.run_dir, project)
+    sft, rm = run.artifact('sft'), run.artifact('rm')
     py = trl_python(Path(a.trl_venv) if a.trl_venv else cache_root()/'trl011-venv')
     with tempfile.TemporaryDirectory() as work:
         unpad = lambda ids, mask: [row[m.bool()].tolist() for row, m in zip(ids, mask)]
-        spec = dict(work=work, threads=threads, base=base_source(preset, a.run_dir)[0], sft_adapter=str(sft/'adapter'),
+        spec = dict(work=work, threads=threads, base=base_source(run)[0], sft_adapter=str(sft/'adapter'),
                     rm_adapter=str(rm/'adapter'), eos_token=tok.eos_token, pad_token=tok.pad_token, check_ids=check_ids.tolist(),
                     queries=[unpad(e['query_ids'], e['query_mask']) for e in enc], rm_queries=[unpad(e['rm_ids'], e['rm_mask']) for e in enc],
                     ppo=dict(batch_size=shape.batch_size, minibatch_size=shape.minibatch_size, max_new_tokens=shape.max_new_tokens,

@@ -1,5 +1,5 @@
 """Acceptance of PPO on the full `tiny` preset (CPU): the tiny base, SFT and reward model stages (cached), then PPO with
-`ppo_config(tiny)`, then the before/after numbers on the held-out prompts.
+the tiny preset's PPO config (`run.cfg('ppo')`), then the before/after numbers on the held-out prompts.
 
 Criteria (issue 8): >= 64 held-out prompts with fixed seeds; mean RM reward after PPO exceeds SFT's by more than two
 standard errors (of the paired difference); factual accuracy does not fall by more than its standard error (paired);
@@ -16,26 +16,24 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--run-dir', default=None, help='run folder (default: a temporary one); its tinybase/sft/rm stages are reused')
     a = ap.parse_args()
-    from dnf_rlhf.core import PRESETS, ProjectConfig, load_json, stage_done, stage_output, METRICS
-    from dnf_rlhf.tinybase import tinybase_stage
-    from dnf_rlhf.sft import sft_stage
-    from dnf_rlhf.reward import rm_stage
-    from dnf_rlhf.ppo import ppo_config, train_ppo
+    from dnf_rlhf.core import PRESETS, ProjectConfig, Run, load_json, run_stage, stage_done, stage_output, METRICS
+    from dnf_rlhf.ppo import train_ppo  # registers the tinybase, sft, rm and ppo stages
     preset, project = PRESETS['tiny'], ProjectConfig()
-    run = Path(a.run_dir or tempfile.mkdtemp(prefix='ppo_tiny_'))
+    run_dir = Path(a.run_dir or tempfile.mkdtemp(prefix='ppo_tiny_'))
+    run = Run(preset, project, run_dir)
     t0, secs = time.time(), {}
-    for name, stage in (('tinybase', tinybase_stage), ('sft', sft_stage), ('rm', rm_stage)):
+    for name in ('tinybase', 'sft', 'rm'):
         s0 = time.time()
-        if not stage_done(run/name): stage(preset, run, project)
+        if not stage_done(run_dir/name): run_stage(run, name)
         secs[name] = round(time.time() - s0, 1)
         print(f'{name}: {secs[name]} s', flush=True)
     s0 = time.time()
-    if not stage_done(run/'ppo'):
-        with stage_output(run, 'ppo') as out: train_ppo(out, preset, project, run)
-    m = load_json(run/'ppo'/METRICS)
+    if not stage_done(run_dir/'ppo'):
+        with stage_output(run_dir, 'ppo') as out: train_ppo(out, run)
+    m = load_json(run_dir/'ppo'/METRICS)
     secs['ppo'] = round(time.time() - s0, 1)
-    cfg = ppo_config(preset)
-    sft_m, rm_m = load_json(run/'sft'/METRICS), load_json(run/'rm'/METRICS)
+    cfg = run.cfg('ppo')
+    sft_m, rm_m = load_json(run_dir/'sft'/METRICS), load_json(run_dir/'rm'/METRICS)
     g = lambda k: m[f'ppo_eval/{k}']
     checks = {
         'heldout_prompts_ge_64': g('prompts') >= 64,
@@ -44,7 +42,7 @@ def main():
         'final_kl_below_target': m['ppo/kl_final'] < cfg.kl_target and g('kl') < cfg.kl_target,
         'greedy_eos_within_5_points': abs(g('greedy_eos_rate_ppo') - g('greedy_eos_rate_sft')) <= 0.05,
     }
-    out = dict(bench='ppo_tiny', preset=preset.name, run_dir=str(run), ppo_steps=m['ppo/steps'], kl_target=cfg.kl_target,
+    out = dict(bench='ppo_tiny', preset=preset.name, run_dir=str(run_dir), ppo_steps=m['ppo/steps'], kl_target=cfg.kl_target,
                heldout_prompts=g('prompts'), fact_prompts=g('fact_prompts'),
                reward_sft=g('reward_sft'), reward_sft_se=g('reward_sft_se'), reward_ppo=g('reward_ppo'), reward_ppo_se=g('reward_ppo_se'),
                reward_gain=g('reward_gain'), reward_gain_se=g('reward_gain_se'), win_rate=g('win_rate'),

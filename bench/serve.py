@@ -12,9 +12,9 @@ line printed is one JSON object.
 import argparse, concurrent.futures, json, sys, time
 import numpy as np
 import openai
-from dnf_rlhf.core import PRESETS
+from dnf_rlhf.core import PRESETS, Run
 from dnf_rlhf.lore import load_corpus, chunk_corpus
-from dnf_rlhf.rag import build_retriever, index_config_for, load_questions
+from dnf_rlhf.rag import build_retriever, load_questions
 from dnf_rlhf.serve import BackgroundServer, Engine, ServeConfig, load_chat_model, make_app
 
 MAX_TOKENS, PER_CLIENT = 64, 6
@@ -41,9 +41,10 @@ def pct(xs, p): return round(float(np.percentile(xs, p)), 1)
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument('--preset', default='tiny', choices=['tiny', 'test'])
     a = ap.parse_args()
-    preset = PRESETS[a.preset]
-    model, tok, what = load_chat_model(preset)
-    retriever = build_retriever(chunk_corpus(load_corpus()), index_config_for(preset))
+    run = Run(PRESETS[a.preset])
+    preset = run.preset
+    model, tok, what = load_chat_model(run)
+    retriever = build_retriever(chunk_corpus(load_corpus()), run.cfg('rag'))
     questions = [r.question for r in load_questions(splits=('test',))]
     cfg = ServeConfig(fit_tokens=preset.sft.max_len, workers=1, queue_size=8)
     res = {'preset': a.preset, 'model': what, 'workers': cfg.workers, 'queue_size': cfg.queue_size, 'max_tokens': MAX_TOKENS}

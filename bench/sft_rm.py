@@ -11,20 +11,19 @@ training pairs. 0.5 is chance: a reward model cannot read knowledge its backbone
 Artifacts are cached (DNF_RLHF_CACHE), so a second run reports the recorded training seconds without retraining.
 """
 import json, os, sys, tempfile, time
+from dataclasses import replace
 from pathlib import Path
 os.environ.pop('IN_TEST', None); os.environ.pop('DNF_RLHF_TEST', None)  # the full tiny size, not nbdev-test's
-from dnf_rlhf.core import get_preset, ProjectConfig, load_json, METRICS
+from dnf_rlhf.core import get_preset, ProjectConfig, Run, load_json, run_stage, METRICS
 from dnf_rlhf.formats import write_jsonl
-from dnf_rlhf.tinybase import tiny_base_path
-from dnf_rlhf.sft import sft_dir
-from dnf_rlhf.reward import rm_dir, train_rm, load_pairs
+from dnf_rlhf.reward import train_rm, load_pairs  # registers the tinybase, sft and rm stages
 
 SHARED = Path(__file__).resolve().parent.parent.parent/'shared'/'data'/'vaiv'
 
 def timed(fn):
     t = time.time(); r = fn(); return r, round(time.time() - t, 1)
 
-def vaiv_rm(preset) -> dict:
+def vaiv_rm(run) -> dict:
     "Reward model on VAIV train pairs (conversation + hatespeech + translation), accuracy on their test pairs."
     if not SHARED.exists(): return {'rm_accuracy_vaiv': None, 'rm_length_baseline_vaiv': None, 'vaiv_note': 'no ../shared/data'}
     from dnf_rlhf.datagen import load_vaiv
@@ -32,7 +31,9 @@ def vaiv_rm(preset) -> dict:
         for split in ('train', 'test'):
             pairs = [p for f in ('conversation', 'hatespeech', 'translation') for p in load_vaiv(SHARED/f'{f}_{split}.json')]
             write_jsonl(Path(d)/f'pairs_{split}.jsonl', pairs)
-        m = train_rm(Path(d)/'rm', preset, ProjectConfig(datasets_dir=d), normalise=False)
+        run = replace(run, dir=d)
+        run_stage(run, 'tinybase')  # the project's tiny base, not one trained on the VAIV folder
+        m = train_rm(Path(d)/'rm', replace(run, project=ProjectConfig(datasets_dir=d)), normalise=False)
     return {'rm_accuracy_vaiv': m['rm/accuracy'], 'rm_length_baseline_vaiv': m['rm/length_baseline'],
             'rm_bow_baseline_vaiv': m['rm/bow_baseline'], 'rm_pairs_vaiv': m['rm/train_pairs'], 'rm_seconds_vaiv': m['rm/train_seconds'],
             'rm_accuracy_vaiv_published_v1': 0.65}
@@ -46,17 +47,16 @@ def answer_logprob(model, tok, prompt:str, answer:str, context:str|None=None) ->
     with torch.no_grad(): logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)  # position t predicts token t + 1
     return float(logp.gather(-1, ids[0, 1:, None])[:, 0][is_answer].sum())
 
-def knowledge_probe(preset) -> dict:
+def knowledge_probe(run) -> dict:
     "Share of fact-swap pairs whose true answer the base / SFT model finds likelier (SFT also given the fact's lore sentence)."
-    from dnf_rlhf.models import load_pretrained
-    from dnf_rlhf.sft import load_sft
+    from dnf_rlhf.models import load_pretrained, load_chat
     from dnf_rlhf.lore import load_corpus, load_facts
     from dnf_rlhf.demo_data import answer_sentence
     docs = {d.id: d for d in load_corpus()}
     facts = {f'{f.doc_id}:{f.attribute}': f for f in load_facts(docs=list(docs.values()))}
     evidence = lambda p: ' '.join(dict.fromkeys(answer_sentence(docs[facts[k].doc_id], facts[k].span(docs[facts[k].doc_id])[0]) for k in p.facts))
-    base, btok, _ = load_pretrained(preset)
-    sft, stok = load_sft(preset)
+    base, btok, _ = load_pretrained(run)
+    sft, stok = load_chat(run, 'sft')
     readers = {'base': (base.eval(), btok, lambda p: None), 'sft': (sft.eval(), stok, lambda p: None), 'sft_gold_context': (sft, stok, evidence)}
     out = {}
     for split, name in (('test', 'heldout'), ('train', 'train')):
@@ -68,10 +68,11 @@ def knowledge_probe(preset) -> dict:
     return out
 
 if __name__ == '__main__':
-    preset = get_preset(sys.argv[1] if len(sys.argv) > 1 else 'tiny')
-    base, t_base = timed(lambda: tiny_base_path(preset.tiny_size))
-    sd, t_sft = timed(lambda: sft_dir(preset))
-    rd, t_rm = timed(lambda: rm_dir(preset))
+    run = Run(get_preset(sys.argv[1] if len(sys.argv) > 1 else 'tiny'))
+    preset = run.preset
+    base, t_base = timed(lambda: run.artifact('tinybase'))
+    sd, t_sft = timed(lambda: run.artifact('sft'))
+    rd, t_rm = timed(lambda: run.artifact('rm'))
     b, s, r = load_json(base/METRICS), load_json(sd/METRICS), load_json(rd/METRICS)
     out = {'preset': preset.name, 'cpus': os.cpu_count(),
            'base_heldout_loss': b['base/heldout_loss'], 'base_unigram_loss': b['base/unigram_loss'], 'base_seconds': b['base/seconds'],
@@ -82,6 +83,6 @@ if __name__ == '__main__':
            'rm_length_baseline': r['rm/length_baseline'], 'rm_bow_baseline': r['rm/bow_baseline'],
            'rm_reward_length_corr': r['rm/reward_length_corr'], 'rm_seconds': r['rm/train_seconds'],
            'wall_seconds_this_run': {'base': t_base, 'sft': t_sft, 'rm': t_rm}}
-    out.update(knowledge_probe(preset))
-    out.update(vaiv_rm(preset))
+    out.update(knowledge_probe(run))
+    out.update(vaiv_rm(run))
     print(json.dumps(out, ensure_ascii=False))
