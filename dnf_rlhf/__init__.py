@@ -9,7 +9,7 @@ Modules:
 - `dnf_rlhf.models`: 기반 모델을 불러오는 곳은 이 모듈 하나입니다: 허브 id나 폴더, 고정된 리비전, 4비트 NF4, 장치, 채팅 템플릿과 턴 끝 토큰, pad ≠ EOS, 그리고 LoRA 대상 모듈. GPU 프리셋을 CPU에서 예행연습할 대역 모델(stand-in)도 여기서 만듭니다.
 - `dnf_rlhf.ppo`: 정책(LoRA), 기준 모델(고정된 SFT 어댑터), 보상 모델(LoRA + 점수 층), 가치 머리를 기반 모델 **하나**에 얹어 무료 Colab GPU에 들어가게 하고, 식 하나하나를 코드 바로 위에 두고 테스트합니다.
 - `dnf_rlhf.rag`: 세계관 청크를 찾아 답에 붙입니다: Kiwi 형태소로 자른 BM25와 문장 임베딩(FAISS)을 순위 융합(RRF)으로 섞고, 인덱스는 저장해 두었다가 말뭉치가 바뀌면 다시 만듭니다.
-- `dnf_rlhf.reward`: 사람(또는 심판 모델)이 더 낫다고 고른 답에 더 높은 점수를 주는 모델을 TRL `RewardTrainer` + LoRA로 학습하고, 길이나 낱말만 보고 맞히는 것은 아닌지, 모든 입력에 같은 점수를 주지는 않는지 검사합니다.
+- `dnf_rlhf.reward`: 사람(또는 심판 모델)이 더 낫다고 고른 답에 더 높은 점수를 주는 모델을 TRL `RewardTrainer` + LoRA로 학습하고, 길이나 단어만 보고 맞히는 것은 아닌지, 모든 입력에 같은 점수를 주지는 않는지 검사합니다.
 - `dnf_rlhf.serve`: SFT 모델을 `openai` 클라이언트가 그대로 쓰는 API로 내놓습니다. 생성은 이벤트 루프 밖의 작업 스레드에서, 요청은 크기가 정해진 대기열에서 기다리고, 넘치면 503과 Retry-After로 답합니다.
 - `dnf_rlhf.sft`: TRL `SFTTrainer` + PEFT LoRA(+ CUDA에서는 bitsandbytes 4비트 NF4)로 기반 모델이 질문에 페르소나로 답하고 EOS에서 멈추도록 가르칩니다.
 - `dnf_rlhf.tinybase`: 이 프로젝트의 한국어 글로 바이트 수준 BPE 토크나이저와 작은 GPT-NeoX(polyglot-ko와 같은 구조)를 처음부터 학습해, 허브 모델과 똑같이 불러 쓰는 Hugging Face 모델 폴더로 저장합니다."""

@@ -13,14 +13,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['BASE_MODELS', 'PRESETS', 'SIZES', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'MANIFEST', 'METRICS', 'STAGES',
-           'in_test', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape', 'RolloutShape',
-           'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware', 'Policy', 'device_policy',
-           'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware', 'package_versions',
-           'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path', 'save_json', 'load_json', 'file_hash',
-           'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done', 'stage_output', 'Stage',
-           'register', 'get_stage', 'chat_stages', 'MissingArtifactError', 'cached_build', 'parse_overrides', 'Run',
-           'run_stage', 'stage_table', 'add_run_args', 'run_from_args', 'set_seed']
+__all__ = ['BASE_MODELS', 'PRESETS', 'SIZES', 'EXPECTED', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'MANIFEST', 'METRICS',
+           'STAGES', 'in_test', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape',
+           'RolloutShape', 'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware', 'Policy',
+           'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware',
+           'package_versions', 'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path', 'save_json', 'load_json',
+           'file_hash', 'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done', 'stage_output',
+           'Stage', 'register', 'get_stage', 'chat_stages', 'MissingArtifactError', 'cached_build', 'parse_overrides',
+           'Run', 'run_stage', 'stage_table', 'add_run_args', 'run_from_args', 'notebook_run', 'quality_check',
+           'set_seed']
 
 # %% ../nbs/00_core.ipynb #ed0ff524
 def in_test() -> bool:
@@ -175,6 +176,14 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
     'full': {  # the GPU presets (`Preset.size` is None): the config classes' defaults, except
         'rag': dict(embedder='BAAI/bge-m3'),  # a multilingual embedder from the hub
     },
+}
+
+# %% ../nbs/00_core.ipynb #fdeab66b
+EXPECTED = {  # how long building a stage takes, shown before a notebook builds a missing one: size -> stage -> time
+    'tiny': dict(tinybase='4 min', sft='4 min', rm='2 min', ppo='2 min', rag='10 s', eval='30 s'),  # 2-core CPU, measured
+    'test': dict(tinybase='1 min', sft='2 min', rm='15 s', ppo='20 s', rag='10 s', eval='10 s'),  # 2-core CPU, measured
+    'rehearsal': dict(sft='1.5 min', rm='30 s', ppo='15 s', rag='10 s', eval='20 s'),  # 2-core CPU, measured
+    'full': dict(sft='2-5 min', rm='2-5 min', ppo='20-30 min', rag='1-2 min', eval='3-5 min'),  # a T4: estimates, unmeasured
 }
 
 # %% ../nbs/00_core.ipynb #9a1c0e02
@@ -518,6 +527,7 @@ class Run:
     dir: Path|None = None  # the run folder; None: earlier stages come from the tiny cache
     overrides: dict = field(default_factory=dict)  # stage -> {field: value}, from `--set ppo.steps=50`
     policy: Policy|None = None  # device and precision (None: from this machine and the preset)
+    build: bool = False  # build a missing earlier stage (announced, with its expected time) instead of raising
 
     def __post_init__(self):
         if self.dir is not None: self.dir = Path(self.dir)
@@ -558,11 +568,20 @@ class Run:
         st, d = get_stage(name), self.dir/name if self.dir is not None else None
         if d is not None and stage_done(d): return d
         if self.preset.is_tiny and st.cached:
-            return cached_build(name, self.key(name), lambda out: st.train(out, self.cached()))
+            return cached_build(name, self.key(name), lambda out: (self.announce(name), st.train(out, self.cached())))
+        if self.build and self.dir is not None:
+            self.announce(name); run_stage(self, name)
+            return d
         raise MissingArtifactError(
             f"'{name}' 산출물이 {d}에 없습니다. 먼저 nbs/{st.notebook} 를 실행하세요. "
             f"(No '{name}' artifact in {d}: run nbs/{st.notebook} first; "
             f"preset {self.preset.name} never falls back to a tiny artifact.)")
+
+    def announce(self, name:str):
+        "Say that stage `name` is being built now, and how long that takes on this preset (`EXPECTED`)."
+        t = EXPECTED.get(self.preset.size or 'full', {}).get(name, '?')
+        print(f"'{name}' 산출물이 없어 지금 만듭니다 (nbs/{get_stage(name).notebook}, 예상 {t}) — building the missing "
+              f"'{name}' stage, about {t} on preset {self.preset.name}", flush=True)
 
     def manifest(self, out, name:str, **extra) -> dict:
         "Write stage `name`'s manifest into `out`: preset, project, its config, its input files' hashes, versions and commit."
@@ -600,6 +619,35 @@ def run_from_args(a, run_dir=None) -> Run:
     "The `Run` that parsed options `a` describe, in the folder `run_dir`."
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
     return Run(preset_from_args(a), project, run_dir, parse_overrides(a.set))
+
+# %% ../nbs/00_core.ipynb #87433aec
+def notebook_run(preset:str|None=None, drive:bool=True, project:ProjectConfig|None=None) -> Run:
+    "The run a notebook works in: `preset` (None: the one this hardware suggests), on Colab kept on Google Drive; missing earlier stages are built."
+    on_colab = 'google.colab' in sys.modules
+    if on_colab and drive:  # the run folder and the cache outlive the runtime: a reconnect or the next notebook reuses them
+        from google.colab import drive as gdrive
+        gdrive.mount('/content/drive')
+        root = Path('/content/drive/MyDrive/dnf_rlhf')
+        os.environ.setdefault('DNF_RLHF_CACHE', str(root/'cache')); os.environ.setdefault('DNF_RLHF_RUNS', str(root/'runs'))
+    p = get_preset(preset or suggest_preset(probe_hardware()))
+    run = Run(p, project or ProjectConfig(), None if p.is_tiny else runs_root()/p.name, build=True)
+    from importlib.metadata import version, PackageNotFoundError
+    try: v = version('dnf_rlhf')
+    except PackageNotFoundError: v = '?'
+    commit = (git_commit(package_dir()) or '')[:7] or 'installed'
+    where = 'Google Drive' if on_colab and drive else 'the tiny cache' if run.dir is None else f'runs/{p.name}'
+    pol = run.policy
+    print(f"dnf_rlhf {v} ({commit}) · preset {p.name}{' (nbdev-test)' if in_test() else ''} · {pol.device} {pol.dtype}"
+          f"{' + NF4' if pol.quantization else ''} · base {p.base.name} · artifacts in {where}")
+    return run
+
+# %% ../nbs/00_core.ipynb #6e4064d3
+def quality_check(run:Run, label:str, value, target:str, ok:bool) -> bool:
+    "Print `✓`/`✗` with `label`, the measured `value` and the `target`; assert `ok` only at the `test` size (a regression guard)."
+    v = f'{value:.3f}' if isinstance(value, float) else value
+    print(f"{'✓' if ok else '✗'} {label}: {v} (목표 target: {target})")
+    if run.preset.size == 'test': assert ok, f"{label}: {v} misses {target} at the test size"
+    return ok
 
 # %% ../nbs/00_core.ipynb #980c8219
 def set_seed(seed:int):

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import DNF_PERSONA, ProjectConfig, atomic_path, save_json, load_json
 from .lore import Chunk, load_corpus, chunk_corpus, load_facts
-from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RecordError, LEAKY_TOKENS, write_jsonl,
+from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RetrievalRecord, RecordError, LEAKY_TOKENS, write_jsonl,
                               read_jsonl, held_out_docs, split_by_doc, filter_near_duplicates, DNF_TEST_DOCS)
 from .stats import length_baseline
 
@@ -32,8 +32,9 @@ __all__ = ['log', 'JSON_MODES', 'PRICES', 'TASKS', 'DATASETS', 'CONV_START', 'CO
            'parse_answer', 'request_key', 'DiskCache', 'read_log', 'AppendLog', 'Job', 'RunStats', 'Generator', 'QA',
            'QASet', 'PersonaSet', 'Redirect', 'RedirectSet', 'qa_job', 'persona_job', 'redirect_job', 'select_chunks',
            'chunk_jobs', 'Instruction', 'InstructionSet', 'self_instruct_job', 'select_self_instruct', 'self_instruct',
-           'records_of', 'build_datasets', 'clean_text', 'read_json_array', 'load_kochatgpt_ppo', 'load_seed_tasks',
-           'load_kochatgpt_conversations', 'render_turns', 'conversation_sft', 'load_vaiv', 'load_external', 'main']
+           'chunk_span', 'records_of', 'build_datasets', 'clean_text', 'read_json_array', 'load_kochatgpt_ppo',
+           'load_seed_tasks', 'load_kochatgpt_conversations', 'render_turns', 'conversation_sft', 'load_vaiv',
+           'load_external', 'main']
 
 # %% ../nbs/02_datagen.ipynb #6a79d215
 @dataclass
@@ -715,17 +716,25 @@ def _shuffle3(job_id:str) -> list[int]:
     "A permutation of [0, 1, 2] fixed by the job id."
     p = [0, 1, 2]; random.Random(job_id).shuffle(p); return p
 
+def chunk_span(chunk_id:str) -> tuple[int, int]:
+    "(start, end) of a chunk in its document, from its id '<doc_id>#<start>-<end>'."
+    start, end = chunk_id.rsplit('#', 1)[1].split('-')
+    return int(start), int(end)
+
 def records_of(r:dict, with_context:bool=False) -> dict[str, list]:
-    "Dataset records ('sft', 'ranked', 'pairs', 'ppo') from one result line."
+    "Dataset records ('sft', 'ranked', 'pairs', 'ppo', 'retrieval') from one result line."
     m, res, task = r['meta'], r['result'], r['task']
     kw = dict(doc_id=m.get('doc_id'))
     ctx = m.get('context') if with_context else None
-    out = {'sft': [], 'ranked': [], 'pairs': [], 'ppo': []}
+    out = {'sft': [], 'ranked': [], 'pairs': [], 'ppo': [], 'retrieval': []}
     if task == 'qa':
+        start, end = chunk_span(m['chunk_id'])
         for size in ('long', 'medium', 'short'):
             q = res[size]
             out['sft'].append(SFTRecord(prompt=q['question'], completion=q['answer'], context=ctx, kind=f'qa_{size}', **kw))
             out['ppo'].append(PPORecord(prompt=q['question'], kind=f'qa_{size}', **kw))
+            # the chunk the question was written from is the passage retrieval must find (RAG's evaluation, 06)
+            out['retrieval'].append(RetrievalRecord(question=q['question'], answer=m['context'], start=start, end=end, **kw))
     elif task == 'persona':
         answers, pos = [res['good'], res['plain'], res['bad']], _shuffle3(r['id'])  # pos[i]: slot of answer i
         slots = [None] * 3
@@ -743,11 +752,11 @@ def records_of(r:dict, with_context:bool=False) -> dict[str, list]:
     return out
 
 # %% ../nbs/02_datagen.ipynb #128f00bf
-DATASETS = ('sft', 'ranked', 'pairs', 'ppo')  # file stems: <stem>_train.jsonl and <stem>_test.jsonl
+DATASETS = ('sft', 'ranked', 'pairs', 'ppo', 'retrieval')  # file stems: <stem>_train.jsonl and <stem>_test.jsonl
 
 def build_datasets(gen:Generator, seeds:list[str]=(), threshold:float=0.7, test_docs:set[str]|None=None,
                    with_context:bool=False, project:ProjectConfig|None=None) -> dict:
-    "Write <out>/data/{sft,ranked,pairs,ppo}_{train,test}.jsonl from the finished results; return counts."
+    "Write <out>/data/{sft,ranked,pairs,ppo,retrieval}_{train,test}.jsonl from the finished results; return counts."
     results = list(gen.finished().values())
     recs = {k: [] for k in DATASETS}
     for r in results:

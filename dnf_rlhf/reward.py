@@ -1,5 +1,5 @@
 """사람(또는 심판 모델)이 더 낫다고 고른 답에 더 높은 점수를 주는 모델을 TRL `RewardTrainer` + LoRA로 학습하고,
-길이나 낱말만 보고 맞히는 것은 아닌지, 모든 입력에 같은 점수를 주지는 않는지 검사합니다.
+길이나 단어만 보고 맞히는 것은 아닌지, 모든 입력에 같은 점수를 주지는 않는지 검사합니다.
 
 Docs: https://dnf-rlhf.github.io/dnf_rlhf/reward_model.html.md"""
 

@@ -21,3 +21,27 @@ def shared_data(*parts):
     p = SHARED.joinpath(*parts)
     if not p.exists(): pytest.skip(f"../shared/data not present ({p}); this test reads the external data")
     return p
+
+def clean_env() -> dict:
+    "This process's environment without the variables that would point a child at a checkout or its data."
+    return {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'DNF_RLHF_DATA', 'PYTHONHOME')}
+
+@pytest.fixture(scope='session')
+def wheel(tmp_path_factory):
+    "The project's wheel, built once for the tests that install it (~30-60 s)."
+    dist = tmp_path_factory.mktemp('dist')
+    b = subprocess.run([sys.executable, '-m', 'build', '--wheel', '--outdir', str(dist), str(ROOT)],
+                       capture_output=True, text=True, timeout=600)
+    assert b.returncode == 0, b.stdout[-2000:] + b.stderr[-2000:]
+    whl, = dist.glob('dnf_rlhf-*.whl')
+    return whl
+
+def fresh_venv(path) -> Path:
+    "A new venv at `path` whose dependencies are this interpreter's (a `.pth`, as Colab's preinstalled packages); its python."
+    import sysconfig, venv
+    venv.create(path, with_pip=True)
+    py = Path(path)/'bin'/'python'
+    site = subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
+                          capture_output=True, text=True, env=clean_env()).stdout.strip()
+    Path(site, '_deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')  # a plain path: its editable dnf_rlhf is not loaded
+    return py

@@ -174,8 +174,8 @@ def test_api_key_appears_in_no_written_file(tmp_path, test_env):
 def test_datasets_split_by_document(tmp_path, test_env):
     out = tmp_path/'run'
     with LoopbackServer() as srv:
-        # the first chunk of every document, persona answers (-> sft, ranked, pairs, ppo) and Self-Instruct
-        r = subprocess.run(datagen_cmd(out, srv, '--tasks', 'persona', '--limit', '66', '--concurrency', '8', '--self-instruct', '4'),
+        # the first chunk of every document, persona answers (-> sft, ranked, pairs, ppo), questions (-> retrieval), Self-Instruct
+        r = subprocess.run(datagen_cmd(out, srv, '--tasks', 'persona', 'qa', '--limit', '66', '--concurrency', '8', '--self-instruct', '4'),
                            env=test_env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     data = json.loads(r.stdout.strip().splitlines()[-1])['data']
@@ -187,3 +187,29 @@ def test_datasets_split_by_document(tmp_path, test_env):
         train_docs |= train
     assert not train_docs & set(DNF_TEST_DOCS)  # the DnF project's test questions stay unseen
     assert data['datagen/self_instruct_kept'] > 0 and data['datagen/ranked_train'] + data['datagen/ranked_test'] == 66
+
+
+def test_the_pipeline_trains_on_generated_data(tmp_path, test_env):
+    "SFT -> reward model -> PPO and the retrieval index, all from a datagen output folder (`datasets_dir`), at the test size."
+    from conftest import cli
+    from dnf_rlhf.core import ProjectConfig, load_json
+    gen = tmp_path/'gen'
+    with LoopbackServer() as srv:
+        r = subprocess.run(datagen_cmd(gen, srv, '--tasks', 'qa', 'persona', 'redirect', '--limit', '40', '--concurrency', '8'),
+                           env=test_env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert read_jsonl(gen/'data'/'retrieval_train.jsonl')  # the questions RAG is evaluated on
+    project = tmp_path/'generated.json'
+    ProjectConfig(name='generated', datasets_dir=str(gen/'data')).save(project)
+    out = tmp_path/'run'
+    r = cli('run', '--preset', 'tiny', '--out', str(out), '--project', str(project),
+            '--stages', 'lore', 'tinybase', 'sft', 'rm', 'ppo', 'rag', env=test_env, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage, data in (('sft', 'sft_train.jsonl'), ('rm', 'pairs_train.jsonl'), ('ppo', 'ppo_train.jsonl')):
+        m = load_json(out/stage/'manifest.json')
+        assert m['inputs'][data]['path'] == str(gen/'data'/data), (stage, m['inputs'])  # trained on the generated files
+    sft, rm = load_json(out/'sft'/'metrics.json'), load_json(out/'rm'/'metrics.json')
+    assert 0 < sft['sft/train_examples'] <= len(read_jsonl(gen/'data'/'sft_train.jsonl'))  # less the validation slice
+    assert rm['rm/train_pairs'] > 0 and load_json(out/'ppo'/'metrics.json')['ppo/steps'] > 0
+    rag = load_json(out/'rag'/'metrics.json')
+    assert rag['rag/bm25_all_recall@5'] > 0.5, rag  # the generated questions find the chunks they were written from

@@ -2,7 +2,7 @@
 import json, os, subprocess, sys, sysconfig, venv
 from pathlib import Path
 import pytest
-from conftest import ROOT, cli
+from conftest import clean_env as _clean_env, fresh_venv, ROOT, cli
 
 def test_doctor_prints_report(test_env):
     r = cli('doctor', env=test_env)
@@ -40,29 +40,11 @@ def test_unknown_preset_is_a_clear_error(tmp_path, test_env):
     r = cli('run', '--preset', 'colab-h100', '--out', str(tmp_path), env=test_env)
     assert r.returncode != 0 and 'unknown preset' in r.stderr
 
-@pytest.fixture(scope='module')
-def wheel(tmp_path_factory):
-    "The project's wheel, built once for the tests below (~30-60 s)."
-    dist = tmp_path_factory.mktemp('dist')
-    b = subprocess.run([sys.executable, '-m', 'build', '--wheel', '--outdir', str(dist), str(ROOT)],
-                       capture_output=True, text=True, timeout=600)
-    assert b.returncode == 0, b.stdout[-2000:] + b.stderr[-2000:]
-    whl, = dist.glob('dnf_rlhf-*.whl')
-    return whl
-
-def _clean_env():
-    "This process's environment without the variables that would point a child at a checkout or its data."
-    return {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'DNF_RLHF_DATA', 'PYTHONHOME')}
 
 def test_wheel_builds_installs_and_finds_its_data(wheel, tmp_path):
     whl = wheel
     env_dir = tmp_path/'venv'
-    venv.create(env_dir, with_pip=True)
-    py = env_dir/'bin'/'python'
-    # dependencies come from this interpreter's site-packages (a plain path: its editable dnf_rlhf is not loaded)
-    site = subprocess.run([str(py), '-c', 'import sysconfig; print(sysconfig.get_paths()["purelib"])'],
-                          capture_output=True, text=True, env=_clean_env()).stdout.strip()
-    Path(site, '_deps.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
+    py = fresh_venv(env_dir)
     i = subprocess.run([str(py), '-m', 'pip', 'install', '-q', '--no-deps', str(whl)], capture_output=True, text=True,
                        env=_clean_env(), timeout=600)
     assert i.returncode == 0, i.stderr
