@@ -75,7 +75,7 @@ def load_pretrained(run:Run, head:str='causal', adapter=None, source=None, polic
 # %% ../nbs/01d_models.ipynb #fd6cdb84
 def load_chat(run:Run, name:str='base') -> tuple:
     "(model in eval mode, tokenizer with the chat template) of `name`: 'base', or a chat-model stage (its `adapter/` on the base)."
-    if name != 'base' and name not in chat_stages():
+    if name != 'base' and not get_stage(name).chat_model:  # (get_stage registers the package's stages on a miss)
         raise ValueError(f"{name!r} is not a chat model; choose 'base' or one of {chat_stages()}")
     model, tok, _ = load_pretrained(run, adapter=None if name == 'base' else run.artifact(name)/'adapter')
     return model.eval(), tok

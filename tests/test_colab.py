@@ -22,7 +22,7 @@ def test_notebooks_run_like_on_colab(wheel, tmp_path):
     env.update(HOME=str(home), DNF_RLHF_SOURCE=str(wheel), MPLBACKEND='Agg', HF_HUB_OFFLINE='1', TOKENIZERS_PARALLELISM='false')
     for name in ('03_sft.ipynb', '05_ppo.ipynb'):
         nb = shutil.copy(ROOT/'nbs'/name, work/name)
-        r = subprocess.run([str(py), '-c', RUN, str(nb)], capture_output=True, text=True, cwd=work, env=env, timeout=900)
+        r = subprocess.run([str(py), '-c', RUN, str(nb)], capture_output=True, text=True, cwd=work, env=env, timeout=1800)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
         cells = [c for c in json.loads((work/name).read_text(encoding='utf-8'))['cells'] if c['cell_type'] == 'code']
         stamp = ''.join(o.get('text', '') if isinstance(o.get('text'), str) else ''.join(o.get('text', []))
