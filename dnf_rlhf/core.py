@@ -560,7 +560,8 @@ class Run:
         "Cache key of stage `name`: preset, project, config, input files, the keys of its needs, the base, its code."
         st = get_stage(name)
         inputs = [file_hash(p) if (p := self.project.input_path(i)).exists() else None for i in st.inputs]
-        return config_hash(name, self.preset, self.project, self.cfg(name), inputs, [self.key(n) for n in st.needs],
+        preset = self.preset if st.on_base else replace(self.preset, quantization=None)  # it never loads the base in 4 bits
+        return config_hash(name, preset, self.project, self.cfg(name), inputs, [self.key(n) for n in st.needs],
                            self.base_key() if st.on_base else None, [file_hash(package_dir()/c) for c in st.code])
 
     def artifact(self, name:str) -> Path:
