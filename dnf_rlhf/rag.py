@@ -417,7 +417,7 @@ def load_questions(project:ProjectConfig|None=None, splits=('train', 'test')) ->
     d = (project or ProjectConfig()).datasets_path()
     paths = [d/f'retrieval_{s}.jsonl' for s in splits]
     missing = [str(p) for p in paths if not p.exists()]
-    if missing: raise FileNotFoundError(f"retrieval questions not found: {missing}; run nbs/02a_demo_data.ipynb or the generator")
+    if missing: raise FileNotFoundError(f"retrieval questions not found: {missing}; run nbs/02_demo_data.ipynb or the generator")
     recs = [r for p in paths for r in read_jsonl(p, RetrievalRecord)]
     bad = [r.question for r in recs if not r.doc_id]
     if bad: raise ValueError(f"{len(bad)} retrieval question(s) without doc_id, e.g. {bad[0]!r}: the answer span needs its document")

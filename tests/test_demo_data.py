@@ -22,7 +22,7 @@ def test_rebuild_is_byte_identical(tmp_path):
     assert built == committed == sorted([f'{n}_{s}.jsonl' for n in DEMO_FILES for s in ('train', 'test')] + ['stats.json'])
     for name in built:
         assert (tmp_path/name).read_bytes() == (demo_dir()/name).read_bytes(), \
-            f"dnf_rlhf/data/demo/{name} is stale: run nbs/02a_demo_data.ipynb"
+            f"dnf_rlhf/data/demo/{name} is stale: run nbs/02_demo_data.ipynb"
 
 def test_counts(data):
     n = {k: len(tr) + len(te) for k, (tr, te) in data.items()}

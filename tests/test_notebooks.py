@@ -19,6 +19,6 @@ def test_every_notebook_opens_with_the_same_setup_cell():
     assert {n for n, s in first.items() if s != want} == set()
 
 def test_no_notebook_names_the_tiny_preset_outside_the_setup_cell():
-    "Only 00_core, which defines the presets, names them; every other notebook runs on the preset it was given."
-    found = {p.name: TINY.findall('\n'.join(code_cells(p))) for p in NBS if p.name != '00_core.ipynb'}
+    "Only 91_core, which defines the presets, names them; every other notebook runs on the preset it was given."
+    found = {p.name: TINY.findall('\n'.join(code_cells(p))) for p in NBS if p.name != '91_core.ipynb'}
     assert {n: f for n, f in found.items() if f} == {}
