@@ -180,7 +180,7 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
 
 # %% ../nbs/91_core.ipynb #fdeab66b
 EXPECTED = {  # how long building a stage takes, shown before a notebook builds a missing one: size -> stage -> time
-    'tiny': dict(tinybase='4 min', sft='4 min', rm='2 min', ppo='2 min', rag='10 s', eval='30 s'),  # 2-core CPU, measured
+    'tiny': dict(tinybase='4-6 min', sft='4-6 min', rm='2-3 min', ppo='2-3 min', rag='10 s', eval='30 s'),  # 2-core CPU, measured (README)
     'test': dict(tinybase='1 min', sft='2 min', rm='15 s', ppo='20 s', rag='10 s', eval='10 s'),  # 2-core CPU, measured
     'rehearsal': dict(sft='1.5 min', rm='30 s', ppo='15 s', rag='10 s', eval='20 s'),  # 2-core CPU, measured
     'full': dict(sft='2-5 min', rm='2-5 min', ppo='20-30 min', rag='1-2 min', eval='3-5 min'),  # a T4: estimates, unmeasured
