@@ -637,9 +637,7 @@ def notebook_run(preset:str|None=None, drive:bool=True, project:ProjectConfig|No
         os.environ.setdefault('DNF_RLHF_CACHE', str(root/'cache')); os.environ.setdefault('DNF_RLHF_RUNS', str(root/'runs'))
     p = get_preset(preset or suggest_preset(probe_hardware()))
     run = Run(p, project or ProjectConfig(), None if p.is_tiny else runs_root()/p.name, build=True)
-    from importlib.metadata import version, PackageNotFoundError
-    try: v = version('dnf_rlhf')
-    except PackageNotFoundError: v = '?'
+    from dnf_rlhf import __version__ as v
     commit = (git_commit(package_dir()) or '')[:7] or 'installed'
     where = 'Google Drive' if on_colab and drive else 'the tiny cache' if run.dir is None else f'runs/{p.name}'
     pol = run.policy

@@ -25,7 +25,7 @@ __all__ = ['log', 'CONTENT_TAGS', 'QUERY_FIELDS', 'INDEX_FILE', 'RAG', 'IndexCon
            'tiny_embedder_path', 'Embedder', 'DenseIndex', 'rrf', 'weighted', 'top', 'Hit', 'Retriever', 'index_hash',
            'build_retriever', 'load_retriever', 'open_index', 'load_questions', 'relevant_ids', 'first_hit_ranks',
            'rank_metrics', 'evaluate_retrieval', 'best_window', 'build_context', 'rag_messages', 'context_budget',
-           'compare_answers', 'train_rag', 'default_index_dir', 'project_index', 'index_main']
+           'compare_answers', 'project_chunks', 'train_rag', 'default_index_dir', 'project_index', 'index_main']
 
 # %% ../nbs/06_rag.ipynb #28c49da4
 CONTENT_TAGS = ('NNG', 'NNP', 'NR', 'VV', 'VA', 'XR', 'SL', 'SH', 'SN')  # nouns, numerals, verb/adjective stems, roots, foreign words, numbers
@@ -522,10 +522,14 @@ def compare_answers(model, tokenizer, retriever:Retriever, records:list[Retrieva
             for r, c, o, (_, ids) in zip(records, closed, opened, rag)]
 
 # %% ../nbs/06_rag.ipynb #3b9b97fb
+def project_chunks(run:Run) -> list[Chunk]:
+    "The run's project corpus cut into chunks with the run's `rag` settings (what the index is built from)."
+    cfg = run.cfg('rag')
+    return chunk_corpus(load_corpus(run.project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap)
+
 def train_rag(out, run:Run) -> dict:
     "The rag stage: index the project's corpus into `out/index` and evaluate it on the retrieval questions."
-    cfg = run.cfg('rag')
-    chunks = chunk_corpus(load_corpus(run.project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap)
+    cfg, chunks = run.cfg('rag'), project_chunks(run)
     t0 = time.time()
     r = build_retriever(chunks, cfg)
     metrics = {'rag/chunks': len(chunks), 'rag/build_seconds': round(time.time() - t0, 2)}
@@ -550,9 +554,7 @@ def default_index_dir(project:ProjectConfig|None=None, run_dir=None) -> Path:
 
 def project_index(run:Run, folder=None) -> tuple[Retriever, bool]:
     "(retriever, rebuilt): the index in `folder`, else the run's `rag/index`, else the project's cached one; (re)built when missing or stale."
-    cfg = run.cfg('rag')
-    chunks = chunk_corpus(load_corpus(run.project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap)
-    return open_index(folder or default_index_dir(run.project, run.dir), chunks, cfg)
+    return open_index(folder or default_index_dir(run.project, run.dir), project_chunks(run), run.cfg('rag'))
 
 def index_main(argv:list[str]|None=None) -> int:
     "Command line `dnf-rlhf index`: build (or verify) the retrieval index of the project's corpus; print a JSON summary."
@@ -565,9 +567,9 @@ def index_main(argv:list[str]|None=None) -> int:
     ap.add_argument('--evaluate', action='store_true', help='also report recall@1/5 and MRR on the retrieval questions')
     a = ap.parse_args(argv)
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
-    cfg = Run(get_preset(a.preset or suggest_preset(probe_hardware())), project).cfg('rag')  # the preset's embedder
-    if a.embedder or a.no_dense: cfg = replace(cfg, embedder=None if a.no_dense else a.embedder)
-    chunks = chunk_corpus(load_corpus(project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap)
+    emb = {'rag': {'embedder': None if a.no_dense else a.embedder}} if a.embedder or a.no_dense else {}
+    run = Run(get_preset(a.preset or suggest_preset(probe_hardware())), project, overrides=emb)  # default: the preset's embedder
+    cfg, chunks = run.cfg('rag'), project_chunks(run)
     out = Path(a.out) if a.out else default_index_dir(project)
     t0 = time.time()
     r, rebuilt = open_index(out, chunks, cfg)
