@@ -14,7 +14,7 @@ from .core import *
 from . import lore, tinybase, sft, reward, ppo, rag, evaluate, serve
 
 # %% auto #0
-__all__ = ['PIPELINE', 'PASSTHROUGH', 'run_pipeline', 'report_markdown', 'main']
+__all__ = ['PIPELINE', 'PASSTHROUGH', 'run_pipeline', 'report_markdown', 'dispatch', 'main']
 
 # %% ../nbs/97_cli.ipynb #dee60f65
 PIPELINE: list[Stage] = [  # the stages of `dnf-rlhf run`, in order
@@ -33,23 +33,41 @@ PASSTHROUGH = {  # commands with their own arguments: name -> main(argv)
 }
 
 # %% ../nbs/97_cli.ipynb #97b9b9c5
-def run_pipeline(run:Run, stages:list[str]|None=None, pipeline:list[Stage]|None=None) -> dict:
-    "Run the pipeline's stages (or only `stages`) into `run.dir` and write `report.json` and `report.md` there."
-    out = run.dir
+def run_pipeline(run:Run, stages:list[str]|None=None, pipeline:list[Stage]|None=None, rebuild:bool=False) -> dict:
+    "Run the pipeline (or `stages`) into `run.dir`; write `report.json`, `report.md`; stale stages stop it (`rebuild`)."
+    out, pipeline = run.dir, PIPELINE if pipeline is None else pipeline
+    names = [s.name for s in pipeline]
+    if stages is not None and (bad := [s for s in stages if s not in names]):
+        raise UserError(f"unknown stage(s) {bad}; choose from {names}")
+    stale = stale_stages(run, names) if out.is_dir() else {}
+    if stale and not rebuild:
+        which = '; '.join(f"{n} ({w})" for n, w in stale.items())
+        raise UserError(f"{out}: finished stage(s) built from other inputs: {which}. "
+                        "Rebuild them with --rebuild, or use a new --out")
+    todo = [s for s in pipeline if stages is None or s.name in stages or s.name in stale]
     out.mkdir(parents=True, exist_ok=True)
-    todo = [s for s in (PIPELINE if pipeline is None else pipeline) if stages is None or s.name in stages]
+    try: prev = {s['stage']: s for s in load_json(out/'report.json')['stages']}  # what earlier runs measured
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError): prev = {}
     rep = dict(preset=run.preset.name, base=run.preset.base.name, rehearsal=run.preset.rehearsal, overrides=run.overrides,
                versions=package_versions(), hardware=asdict(probe_hardware()), stages=[])
-    t0 = time.time()
+    now, t0 = {}, time.time()
+    def _save():  # this run's stages, and the earlier record of every other finished stage: a report never shrinks
+        rep['stages'] = [now[n] if n in now else prev[n] for n in names
+                         if n in now or (n in prev and stage_done(out/n))]
+        rep['total_seconds'] = round(sum(s['seconds'] or 0 for s in rep['stages']), 2)
+        save_json(out/'report.json', rep)
     for st in tqdm(todo, desc='dnf-rlhf run', unit='stage'):
         s0 = time.time()
-        skipped = stage_done(out/st.name)
-        metrics = load_json(out/st.name/METRICS) if skipped and (out/st.name/METRICS).exists() else (
-            {} if skipped else run_stage(run, st.name))
-        rep['stages'].append(dict(stage=st.name, seconds=round(time.time()-s0, 2), reused=skipped, metrics=metrics))
-        save_json(out/'report.json', rep)  # after every stage: a disconnect loses nothing finished
-    rep['total_seconds'] = round(time.time()-t0, 2)
-    save_json(out/'report.json', rep)
+        if stage_done(out/st.name) and st.name not in stale:  # reused: keep the time it took when it was built
+            m = out/st.name/METRICS
+            now[st.name] = dict(stage=st.name, seconds=prev.get(st.name, {}).get('seconds'), reused=True,
+                                metrics=load_json(m) if m.exists() else {})
+        else:
+            metrics = run_stage(run, st.name)
+            now[st.name] = dict(stage=st.name, seconds=round(time.time()-s0, 2), reused=False, metrics=metrics)
+        _save()  # after every stage: a disconnect loses nothing finished
+    rep['run_seconds'] = round(time.time()-t0, 2)
+    _save()
     (out/'report.md').write_text(report_markdown(rep, out), encoding='utf-8')
     return rep
 
@@ -72,28 +90,48 @@ def report_markdown(rep:dict, out=None) -> str:
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/97_cli.ipynb #09186dbf
-def main(argv:list[str]|None=None) -> int:
-    "Entry point of the `dnf-rlhf` console script."
-    ap = argparse.ArgumentParser(prog='dnf-rlhf', description='던전앤파이터 RLHF 코스 / dnf_rlhf course pipeline')
+def _needs(run:Run, name:str) -> set[str]:
+    "Every stage that stage `name` is built on (`built_on`), directly or not."
+    out, todo = set(), list(built_on(run, name))
+    while todo:
+        n = todo.pop()
+        if n not in out: out.add(n); todo += built_on(run, n)
+    return out
+
+def dispatch(argv:list[str]) -> int:
+    "Parse `argv` and run the command; errors propagate (`main` turns bad input into one line)."
+    ap = ArgParser(prog='dnf-rlhf', description='던전앤파이터 RLHF 코스 / dnf_rlhf course pipeline')
+    ap.add_argument('--debug', action='store_true', help='show the traceback of an input error (anywhere on the line)')
     sub = ap.add_subparsers(dest='cmd', required=True)
     sub.add_parser('doctor', help='versions, device, precision, memory, 4-bit support and the preset to use')
     r = sub.add_parser('run', help='run every stage end to end and write DIR/report.md and DIR/report.json')
     add_run_args(r).add_argument('--out', required=True, help='run folder')
     r.add_argument('--stages', nargs='*', default=None, choices=[s.name for s in PIPELINE], help='only these stages')
+    r.add_argument('--rebuild', action='store_true',
+                   help='rebuild finished stages whose inputs changed (default: stop and name them)')
     for st in PIPELINE:  # one command per stage: `dnf-rlhf sft --preset colab-t4 --out runs/t4`
         if st.name in PASSTHROUGH: continue  # e.g. `dnf-rlhf eval` has options of its own
         c = sub.add_parser(st.name, help=f'{st.help} (nbs/{st.notebook}): only this stage, inputs from the same --out')
         add_run_args(c).add_argument('--out', required=True, help='run folder')
     for name in PASSTHROUGH: sub.add_parser(name, help=f'see `dnf-rlhf {name} --help`', add_help=False)
-    argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in PASSTHROUGH: return PASSTHROUGH[argv[0]](argv[1:]) or 0
     a = ap.parse_args(argv)
     if a.cmd == 'doctor':
         doctor(); return 0
     run = run_from_args(a, Path(a.out))
     if a.cmd != 'run':
+        deps = _needs(run, a.cmd)
+        stale = stale_stages(run, [s.name for s in PIPELINE if s.name in deps]) if run.dir.is_dir() else {}
+        if stale: raise UserError(f"{run.dir}: stage(s) {a.cmd} is built on, made from other inputs: "
+                                  + '; '.join(f"{n} ({w})" for n, w in stale.items())
+                                  + ". Rebuild them with `dnf-rlhf run --rebuild`, or use a new --out")
         m = run_stage(run, a.cmd)
         print(json.dumps(m, ensure_ascii=False, indent=1, default=str)); return 0
-    rep = run_pipeline(run, a.stages)
-    print(f"wrote {run.dir/'report.md'} ({len(rep['stages'])} stages, {rep['total_seconds']:.0f} s)")
+    rep = run_pipeline(run, a.stages, rebuild=a.rebuild)
+    print(f"wrote {run.dir/'report.md'} ({len(rep['stages'])} stages, {rep['total_seconds']:.0f} s of stages, "
+          f"{rep['run_seconds']:.0f} s now)")
     return 0
+
+def main(argv:list[str]|None=None) -> int:
+    "Entry point of the `dnf-rlhf` console script: bad input is one line on stderr, exit code 2 (`--debug`: traceback)."
+    return cli_main(dispatch, argv, 'dnf-rlhf')

@@ -6,27 +6,52 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/core.html.md"""
 
 # %% ../nbs/91_core.ipynb #33d9a96a
 from __future__ import annotations
-import dataclasses, hashlib, importlib.resources, json, os, platform, random, shutil, subprocess, sys, threading, time, warnings
+import argparse, dataclasses, hashlib, importlib, importlib.resources, json, os, platform, random, shutil, subprocess
+import sys, threading, time, traceback, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['BASE_MODELS', 'PRESETS', 'SIZES', 'EXPECTED', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'MANIFEST', 'METRICS',
-           'STAGES', 'in_test', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape',
-           'RolloutShape', 'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware', 'Policy',
-           'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware',
-           'package_versions', 'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path', 'save_json', 'load_json',
-           'file_hash', 'code_hash', 'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done',
-           'stage_output', 'Stage', 'register', 'get_stage', 'chat_stages', 'MissingArtifactError', 'cached_build',
-           'parse_overrides', 'Run', 'run_stage', 'stage_table', 'add_run_args', 'run_from_args', 'notebook_run',
-           'quality_check', 'set_seed']
+__all__ = ['BASE_MODELS', 'PRESETS', 'SIZES', 'EXPECTED', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'PROJECT_PATHS',
+           'PROJECT_TEXT', 'MANIFEST', 'METRICS', 'STAGES', 'in_test', 'UserError', 'ArgParser', 'user_errors',
+           'cli_main', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape', 'RolloutShape',
+           'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware', 'Policy', 'device_policy',
+           'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware', 'package_versions',
+           'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path', 'save_json', 'load_json', 'file_hash',
+           'code_hash', 'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done', 'stage_output',
+           'Stage', 'register', 'get_stage', 'chat_stages', 'MissingArtifactError', 'cached_build', 'parse_overrides',
+           'Run', 'run_stage', 'stage_table', 'stale_reasons', 'built_on', 'stale_stages', 'add_run_args',
+           'run_from_args', 'notebook_run', 'quality_check', 'set_seed']
 
 # %% ../nbs/91_core.ipynb #ed0ff524
 def in_test() -> bool:
     "True under `nbdev-test` (which sets `IN_TEST`) or when `DNF_RLHF_TEST` is set."
     return bool(os.environ.get('IN_TEST') or os.environ.get('DNF_RLHF_TEST'))
+
+# %% ../nbs/91_core.ipynb #07848c3c
+class UserError(ValueError):
+    "Bad input the user can fix (a flag, a file, a field): the command line prints it as one line, exit code 2."
+
+class ArgParser(argparse.ArgumentParser):
+    "An `argparse` parser whose usage errors are one line on stderr and exit code 2, like every other input error."
+    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+def user_errors() -> tuple:
+    "Classes of bad input: `UserError`, the corpus's `LoreError`, the data's `RecordError`, a missing artifact."
+    mod = lambda name: importlib.import_module(f'dnf_rlhf.{name}')  # at call time: those modules import this one
+    return (UserError, mod('lore').LoreError, mod('formats').RecordError, mod('core').MissingArtifactError)
+
+def cli_main(main:Callable, argv:list[str]|None, prog:str) -> int:
+    "Exit code of `main(argv)`: bad input (`user_errors`) is one line `prog: error: …`, 2; `--debug` shows the trace."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = '--debug' in argv
+    try: return main([a for a in argv if a != '--debug'])
+    except user_errors() as e:
+        if debug: traceback.print_exc()
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 # %% ../nbs/91_core.ipynb #7e267ec9
 def package_dir() -> Path:
@@ -115,7 +140,7 @@ class Preset:
 
     def rehearsed(self) -> 'Preset':
         "The dress rehearsal of this GPU preset on a CPU: its quantization, dtype, checkpointing and layout, tiny batches."
-        if self.is_tiny: raise ValueError(f"preset {self.name!r} already runs on a CPU: only GPU presets are rehearsed")
+        if self.is_tiny: raise UserError(f"preset {self.name!r} already runs on a CPU: only GPU presets are rehearsed")
         return replace(self, rehearsal=True, sft=TrainShape(2, 2, 192), rm=TrainShape(2, 2, 192), ppo=RolloutShape(4, 2, 96, 16))
 
 # %% ../nbs/91_core.ipynb #c243b039
@@ -140,7 +165,7 @@ PRESETS = {p.name: p for p in [
 def get_preset(name:str) -> Preset:
     "The preset called `name`; under `nbdev-test` 'tiny' becomes the smaller 'test'."
     if name == 'tiny' and in_test(): name = 'test'
-    if name not in PRESETS: raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    if name not in PRESETS: raise UserError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name]
 
 # %% ../nbs/91_core.ipynb #2a419be2
@@ -355,20 +380,41 @@ class ProjectConfig:
 
     @classmethod
     def load(cls, path) -> 'ProjectConfig':
-        "Read a config from a `.toml` or `.json` file; unknown keys are an error naming the file."
+        "Read a config from a `.toml` or `.json` file; each error is a `UserError` naming the file and line or field."
         path = Path(path)
+        if not path.is_file():
+            raise UserError(f"{path}: project file not found" + (' (it is a folder)' if path.is_dir() else ''))
+        try: text = path.read_text(encoding='utf-8-sig')
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (invalid byte at offset {e.start})") from None
         if path.suffix == '.toml':
             import tomllib
-            d = tomllib.loads(path.read_text(encoding='utf-8'))
-        else: d = json.loads(path.read_text(encoding='utf-8'))
+            try: d = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e: raise UserError(f"{path}: not valid TOML ({e})") from None
+        else:
+            try: d = json.loads(text)
+            except json.JSONDecodeError as e: raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(d, dict): raise UserError(f"{path}: expected an object of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         bad = sorted(set(d) - known)
-        if bad: raise ValueError(f"{path}: unknown field(s) {bad}; known: {sorted(known)}")
+        if bad: raise UserError(f"{path}: unknown field(s) {bad}; known: {sorted(known)}")
+        for k, v in d.items():
+            optional = k in PROJECT_PATHS or k == 'runs_dir'  # None: the default
+            if not (isinstance(v, str) or (optional and v is None)):
+                kind = 'text or null' if optional else 'text'
+                raise UserError(f"{path}: field '{k}' must be {kind}, got {type(v).__name__}")
+            if v is not None and not v.strip(): raise UserError(f"{path}: field '{k}' is empty")
+            what = PROJECT_PATHS.get(k)
+            if what and v is not None and not (Path(v).is_dir() if what == 'folder' else Path(v).is_file()):
+                raise UserError(f"{path}: field '{k}': {what} {v} not found")
         return cls(**d)
 
     def save(self, path):
         "Write this config as JSON."
         save_json(path, asdict(self))
+
+PROJECT_PATHS = {'corpus_dir': 'folder', 'facts_path': 'file', 'datasets_dir': 'folder'}  # `load` checks they exist
+PROJECT_TEXT = ('persona', 'question_header', 'answer_header', 'context_header')  # settings every artifact depends on
 
 # %% ../nbs/91_core.ipynb #72e0fca1
 @contextmanager
@@ -517,7 +563,8 @@ def parse_overrides(items:list[str]) -> dict:
     for it in items or []:
         k, sep, v = it.partition('=')
         stage, dot, name = k.strip().partition('.')
-        if not (sep and dot and stage and name): raise ValueError(f"--set {it!r}: expected STAGE.FIELD=VALUE, e.g. ppo.steps=50")
+        if not (sep and dot and stage and name):
+            raise UserError(f"--set {it!r}: expected STAGE.FIELD=VALUE, e.g. ppo.steps=50")
         try: val = ast.literal_eval(v.strip())
         except (ValueError, SyntaxError): val = v.strip()
         out.setdefault(stage, {})[name] = val
@@ -543,11 +590,12 @@ class Run:
         "The config of stage `name`: its class defaults, then `SIZES` for this preset's size, then the overrides."
         st = get_stage(name)
         if st.config is None:
-            if self.overrides.get(name): raise ValueError(f"stage {name!r} has no settings to override")
+            if self.overrides.get(name): raise UserError(f"stage {name!r} has no settings to override")
             return None
         vals = {**SIZES[self.preset.size or 'full'].get(name, {}), **self.overrides.get(name, {})}
         known = {f.name for f in dataclasses.fields(st.config)}
-        if bad := sorted(set(vals) - known): raise ValueError(f"{name}: unknown setting(s) {bad}; known: {sorted(known)}")
+        if bad := sorted(set(vals) - known):
+            raise UserError(f"{name}: unknown setting(s) {bad}; known: {sorted(known)}")
         return st.config(**vals)
 
     def cached(self) -> 'Run':
@@ -610,8 +658,46 @@ def run_stage(run:Run, name:str) -> dict:
 def stage_table(stages:list[dict], total:float|None=None) -> list[str]:
     "Markdown lines of the stage-time table (`stage`, `seconds`, `reused` of each stage; a total row when given)."
     lines = ['| stage | seconds | reused |', '|---|---:|---|']
-    lines += [f"| {s['stage']} | {s['seconds']:.1f} | {'yes' if s['reused'] else 'no'} |" for s in stages]
+    secs = lambda s: '—' if s['seconds'] is None else f"{s['seconds']:.1f}"  # None: built elsewhere, time unknown
+    lines += [f"| {s['stage']} | {secs(s)} | {'yes' if s['reused'] else 'no'} |" for s in stages]
     return lines + ([f"| **total** | {total:.1f} | |"] if total is not None else [])
+
+# %% ../nbs/91_core.ipynb #528d63c1
+def _plain(o): return json.loads(json.dumps(asdict(o) if dataclasses.is_dataclass(o) else o, default=str))
+
+def _changed(was:dict, now:dict) -> list[str]: return sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+
+def stale_reasons(run:Run, name:str) -> list[str]:
+    "Why the finished stage `name` in `run.dir` no longer matches `run`: changed input files, project, preset, config."
+    m, st = load_json(run.dir/name/MANIFEST), get_stage(name)
+    why = []
+    for i in st.inputs:
+        p = run.project.input_path(i)
+        h, old = file_hash(p) if p.exists() else None, (m.get('inputs') or {}).get(i, {}).get('sha256')
+        if h != old: why.append(f"{i} {'changed' if h and old else 'added' if h else 'removed'} ({p})")
+    proj = m.get('project') or {}
+    why += [f"project {k} changed" for k in PROJECT_TEXT if k in proj and proj[k] != getattr(run.project, k)]
+    if 'preset' in m:
+        drop = () if st.on_base else ('quantization',)  # as in its cache key: a stage without the base ignores it
+        if diff := [k for k in _changed(m['preset'] or {}, _plain(run.preset)) if k not in drop]:
+            why.append(f"preset changed ({', '.join(diff)}: {(m['preset'] or {}).get('name')} -> {run.preset.name})")
+    if 'config' in m and (diff := _changed(m['config'] or {}, _plain(run.cfg(name)) or {})):
+        why.append(f"settings changed ({', '.join(diff)})")
+    return why
+
+def built_on(run:Run, name:str) -> tuple:
+    "The stages stage `name` is built from: its `needs`, and the project's own base (`tinybase`) when it loads it."
+    st = get_stage(name)
+    return (*st.needs, *(('tinybase',) if st.on_base and run.preset.own_base else ()))
+
+def stale_stages(run:Run, names:list[str]) -> dict[str, str]:
+    "Finished stages among `names` (pipeline order) that no longer match `run`, with why; one built on a stale one too."
+    out = {}
+    for n in names:
+        if not stage_done(run.dir/n): continue
+        why = stale_reasons(run, n) + [f"built on stale {u}" for u in built_on(run, n) if u in out]
+        if why: out[n] = '; '.join(why)
+    return out
 
 # %% ../nbs/91_core.ipynb #f50be205
 def add_run_args(ap):
@@ -622,7 +708,10 @@ def add_run_args(ap):
     return ap
 
 def run_from_args(a, run_dir=None) -> Run:
-    "The `Run` that parsed options `a` describe, in the folder `run_dir`."
+    "The `Run` that parsed options `a` describe, in the folder `run_dir` (a file in its way is a `UserError`)."
+    if run_dir is not None:
+        blocked = next((p for p in [Path(run_dir), *Path(run_dir).parents] if p.exists() and not p.is_dir()), None)
+        if blocked: raise UserError(f"{blocked}: is a file, not a folder; --out must be a run folder")
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
     return Run(preset_from_args(a), project, run_dir, parse_overrides(a.set))
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .core import DNF_PERSONA, ProjectConfig, atomic_path, save_json, load_json
+from .core import DNF_PERSONA, ProjectConfig, UserError, ArgParser, cli_main, atomic_path, save_json, load_json
 from .lore import Chunk, load_corpus, chunk_corpus, load_facts
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RetrievalRecord, RecordError, LEAKY_TOKENS, write_jsonl,
                               read_jsonl, held_out_docs, split_by_doc, filter_near_duplicates, DNF_TEST_DOCS)
@@ -34,7 +34,7 @@ __all__ = ['log', 'JSON_MODES', 'PRICES', 'TASKS', 'DATASETS', 'CONV_START', 'CO
            'chunk_jobs', 'Instruction', 'InstructionSet', 'self_instruct_job', 'select_self_instruct', 'self_instruct',
            'chunk_span', 'records_of', 'build_datasets', 'clean_text', 'read_json_array', 'load_kochatgpt_ppo',
            'load_seed_tasks', 'load_kochatgpt_conversations', 'render_turns', 'conversation_sft', 'load_vaiv',
-           'load_external', 'main']
+           'load_external', 'generate_cli', 'main']
 
 # %% ../nbs/10_datagen.ipynb #6a79d215
 @dataclass
@@ -66,6 +66,20 @@ class GenConfig:
     def public(self) -> dict:
         "This config as a dict safe to write to disk (credentials in the base URL removed)."
         d = asdict(self); d['base_url'] = redact_url(self.base_url); return d
+
+    def check(self) -> 'GenConfig':
+        "This config, or a `UserError` naming the setting out of range (`concurrency` 0 would wait forever)."
+        rules = [('concurrency', self.concurrency >= 1, 'at least 1'), ('timeout', self.timeout > 0, 'above 0'),
+                 ('max_retries', self.max_retries >= 0, 'at least 0'),
+                 ('max_invalid', self.max_invalid >= 0, 'at least 0'), ('backoff', self.backoff >= 0, 'at least 0'),
+                 ('max_backoff', self.max_backoff >= 0, 'at least 0'),
+                 ('max_tokens', self.max_tokens >= 1, 'at least 1'),
+                 ('budget_usd', self.budget_usd is None or self.budget_usd >= 0, 'at least 0'),
+                 ('json_mode', self.json_mode in JSON_MODES, f'one of {JSON_MODES}')]
+        for name, ok, rule in rules:
+            flag = '--' + name.replace('_', '-')
+            if not ok: raise UserError(f"{flag} (GenConfig.{name}) must be {rule}, got {getattr(self, name)!r}")
+        return self
 
 JSON_MODES = ('schema', 'object', 'none')  # strongest first: a server that rejects one gets the next
 
@@ -299,7 +313,7 @@ class _Stop(Exception): "Stop starting new requests (budget, quota, fatal config
 class Generator:
     "Runs `Job`s against an OpenAI-compatible API: cache, resumable outputs, retries, validation, ledger, budget."
     def __init__(self, out, cfg:GenConfig|None=None, progress:bool=True):
-        self.out, self.cfg, self.progress = Path(out), cfg or GenConfig.from_env(), progress
+        self.out, self.cfg, self.progress = Path(out), (cfg or GenConfig.from_env()).check(), progress
         self.out.mkdir(parents=True, exist_ok=True)
         self.cache = DiskCache(self.cfg.cache_dir or self.out/'cache')
         self.results_path, self.rejects_path, self.ledger_path = (self.out/f for f in ('results.jsonl', 'rejects.jsonl', 'ledger.jsonl'))
@@ -307,7 +321,6 @@ class Generator:
         if self.cfg.budget_usd is not None and self.price is None:
             raise GenerationError(f"budget_usd is set but the price of model {self.cfg.model!r} is unknown: "
                                   f"add it to GenConfig.prices as (USD per 1M input tokens, per 1M output tokens)")
-        if self.cfg.json_mode not in JSON_MODES: raise ValueError(f"json_mode must be one of {JSON_MODES}")
         self.json_mode, self.max_tokens_param = self.cfg.json_mode, 'max_tokens'
         self.fatal: str|None = None
 
@@ -359,18 +372,45 @@ def _params(gen:Generator, job:Job, attempt:int) -> dict:
 # %% ../nbs/10_datagen.ipynb #065b8757
 def _status(e) -> int|None: return getattr(e, 'status_code', None)
 
+@patch
+def _call_estimate(self:Generator, messages:list[dict], params:dict, expect:int) -> float:
+    "USD one request is expected to cost before it is sent: its prompt and response format, `expect` answer tokens."
+    rf = params.get('response_format')
+    tin = estimate_messages(messages) + (estimate_tokens(json.dumps(rf)) if rf else 0)
+    return cost_usd(tin, min(expect, self.cfg.max_tokens), self.price)
 
-async def _call(gen:Generator, client, messages:list[dict], params:dict, st:RunStats, sem:asyncio.Semaphore, rng:random.Random):
-    "One API request with retries; the answered response as a cache entry, or None when it gave up."
+@patch
+async def _reserve(self:Generator, messages:list[dict], params:dict, expect:int) -> float:
+    "Reserve a request's estimated cost against the budget before it is sent, waiting while requests in flight settle."
+    if self.cfg.budget_usd is None: self._in_flight += 1; return 0.0
+    est = self._call_estimate(messages, params, expect)
+    while self._spent + self._reserved + est > self.cfg.budget_usd:
+        if self._stopping: raise _Stop(self._stopping)
+        if not self._in_flight:  # nothing in flight will free room: the budget is reached
+            self._stop('budget'); raise _Stop('budget')
+        self._settled.clear(); await self._settled.wait()
+    self._reserved += est; self._in_flight += 1
+    return est
+
+@patch
+def _release(self:Generator, est:float):
+    "Release a reservation (the real cost is counted by the caller before its next await)."
+    self._in_flight -= 1
+    self._reserved = self._reserved - est if self._in_flight else 0.0  # no float dust when nothing is in flight
+    self._settled.set()
+
+
+async def _call(gen:Generator, client, messages:list[dict], params:dict, st:RunStats, sem:asyncio.Semaphore,
+                rng:random.Random, expect:int=500):
+    "One API request with retries, its cost reserved against the budget while in flight; the answer as a cache entry."
     import openai
     n = 0
     while True:
         await asyncio.sleep(max(0.0, gen._pause_until - time.monotonic()))
         async with sem:
             if gen.fatal: raise _Stop(gen.fatal)
-            if gen.cfg.budget_usd is not None and gen._spent >= gen.cfg.budget_usd:
-                gen._stop('budget'); raise _Stop('budget')
             if gen._stopping: raise _Stop(gen._stopping)
+            est = await gen._reserve(messages, params, expect)
             try:
                 # parameters go in extra_body: the same JSON on the wire, without the client re-walking the schema per request
                 r = await client.chat.completions.create(model=gen.cfg.model, messages=messages, extra_body=params)
@@ -399,6 +439,7 @@ async def _call(gen:Generator, client, messages:list[dict], params:dict, st:RunS
             except openai.APIConnectionError: reason, delay = 'connection', None
             except (openai.APIResponseValidationError, json.JSONDecodeError, AttributeError, IndexError, TypeError):
                 reason, delay = 'bad response', None
+            finally: gen._release(est)
         if reason != '429':
             if n >= gen.cfg.max_retries:
                 raise _Rejected(f'gave up after {n + 1} attempts: last error {reason}', final=False)
@@ -459,10 +500,10 @@ async def _do_job(self:Generator, job:Job, client, st:RunStats, sem, rng, logs) 
         key = request_key(self.cfg.model, messages, params)
         entry = self.cache.get(key)
         if entry is None:
-            entry = await _call(self, client, messages, params, st, sem, rng)
+            entry = await _call(self, client, messages, params, st, sem, rng, job.expect_tokens)
             key = request_key(self.cfg.model, messages, params)  # params may have been adapted to the server
             pt, ct, usd, est = self._cost(entry, messages)
-            # count the spend before the next await, so no request starts on a stale total (budget overshoot <= in flight)
+            # count the spend before the next await: its reservation was just released, so the budget sees the real cost
             self._spent += usd; st.usd += usd; st.calls += 1; called = True
             logs['ledger'].append({'t': round(time.time(), 3), 'key': key, 'job': job.id, 'model': entry.get('model'),
                                    'prompt_tokens': pt, 'completion_tokens': ct, 'usd': usd, 'estimated': est})
@@ -493,6 +534,7 @@ async def _arun(self:Generator, jobs:list[Job], desc:str) -> RunStats:
     todo = [j for j in jobs if j.id not in done]
     st.skipped = len(jobs) - len(todo)
     self._spent = self.spent(); self._pause_until = 0.0
+    self._reserved, self._in_flight, self._settled = 0.0, 0, asyncio.Event()  # the budget's reservations (`_reserve`)
     logs = {k: AppendLog(p) for k, p in (('results', self.results_path), ('rejects', self.rejects_path), ('ledger', self.ledger_path))}
     client = openai.AsyncOpenAI(api_key=self._key, base_url=self.cfg.base_url, max_retries=0, timeout=self.cfg.timeout)
     sem, rng, it = asyncio.Semaphore(self.cfg.concurrency), random.Random(self.cfg.seed), iter(todo)
@@ -651,6 +693,8 @@ TASKS = {'qa': qa_job, 'persona': persona_job, 'redirect': redirect_job}  # task
 # %% ../nbs/10_datagen.ipynb #eb240378
 def select_chunks(chunks:list[Chunk], limit:int|None=None) -> list[Chunk]:
     "Up to `limit` chunks taken round-robin over documents (first chunk of every document, then the second, ...)."
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1 (leave it out for every chunk), got {limit}")
     by_doc: dict[str, list[Chunk]] = {}
     for c in chunks: by_doc.setdefault(c.doc_id, []).append(c)
     order = [v[i] for i in range(max((len(v) for v in by_doc.values()), default=0)) for v in by_doc.values() if i < len(v)]
@@ -758,6 +802,9 @@ def build_datasets(gen:Generator, seeds:list[str]=(), threshold:float=0.7, test_
                    with_context:bool=False, project:ProjectConfig|None=None) -> dict:
     "Write <out>/data/{sft,ranked,pairs,ppo,retrieval}_{train,test}.jsonl from the finished results; return counts."
     results = list(gen.finished().values())
+    if not results:  # empty files would replace earlier good ones
+        raise GenerationError(f"{gen.results_path}: no finished results to build datasets from; "
+                              f"{gen.out/'data'} left as it was")
     recs = {k: [] for k in DATASETS}
     for r in results:
         try:
@@ -889,11 +936,12 @@ def load_external(path) -> list:
     return [PPORecord(prompt=t, kind='seed') for t in load_seed_tasks(path)]
 
 # %% ../nbs/10_datagen.ipynb #db590ceb
-def main(argv:list[str]|None=None) -> int:
-    "Command line: generate (or estimate) the datasets into --out; rerunning resumes."
-    ap = argparse.ArgumentParser(prog='python -m dnf_rlhf.datagen', description='ChatGPT/OpenAI 호환 서버로 RLHF 데이터셋 만들기')
+def generate_cli(argv:list[str]) -> int:
+    "Command line: generate (or estimate) the datasets into --out; rerunning resumes (`main` reports bad input)."
+    ap = ArgParser(prog='python -m dnf_rlhf.datagen', description='ChatGPT/OpenAI 호환 서버로 RLHF 데이터셋 만들기')
     ap.add_argument('--out', required=True, help='output folder (results, rejects, ledger, cache, data/)')
-    ap.add_argument('--tasks', nargs='*', default=['qa', 'persona', 'redirect'], help=f'chunk tasks: {list(TASKS)}')
+    ap.add_argument('--tasks', nargs='*', default=['qa', 'persona', 'redirect'], choices=list(TASKS),
+                    help='chunk tasks')
     ap.add_argument('--limit', type=int, default=None, help='number of chunks (round-robin over documents); default all')
     ap.add_argument('--self-instruct', type=int, default=0, metavar='ROUNDS', help='Self-Instruct rounds (seeds: the facts questions)')
     ap.add_argument('--seeds', default=None, help='seed task file, one instruction per line (default: facts questions)')
@@ -909,9 +957,18 @@ def main(argv:list[str]|None=None) -> int:
     ap.add_argument('--price', nargs=3, action='append', metavar=('MODEL', 'IN', 'OUT'), default=[],
                     help='price of MODEL in USD per 1M input and output tokens')
     ap.add_argument('--cache-dir', default=None, help='response cache folder (default: OUT/cache)')
+    ap.add_argument('--debug', action='store_true', help='show the traceback of an input error')
     a = ap.parse_args(argv)
+    if a.limit is not None and a.limit < 1:
+        raise UserError(f"--limit must be at least 1 (leave it out for every chunk), got {a.limit}")
+    if a.self_instruct < 0: raise UserError(f"--self-instruct must be at least 0, got {a.self_instruct}")
+    if a.seeds and not Path(a.seeds).is_file(): raise UserError(f"{a.seeds}: seed file (--seeds) not found")
+    if blocked := next((p for p in [Path(a.out), *Path(a.out).parents] if p.exists() and not p.is_dir()), None):
+        raise UserError(f"{blocked}: is a file, not a folder; --out must be a folder")
     over = {f.name: getattr(a, f.name) for f in fields(GenConfig) if getattr(a, f.name, None) is not None}
-    cfg = GenConfig.from_env(**over, prices={m: (float(i), float(o)) for m, i, o in a.price})
+    try: prices = {m: (float(i), float(o)) for m, i, o in a.price}
+    except ValueError as e: raise UserError(f"--price: {e}") from None
+    cfg = GenConfig.from_env(**over, prices=prices).check()
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
     try:
         gen = Generator(a.out, cfg, progress=not a.no_progress)
@@ -924,15 +981,26 @@ def main(argv:list[str]|None=None) -> int:
             print(json.dumps({'dry_run': est}, ensure_ascii=False)); return 0
         st = gen.run(jobs, desc='datagen')
         out = {'stats': st.metrics()}
+        tried = st.jobs - st.skipped
+        if tried and not st.ok and st.rejected + st.failed == tried:  # nothing worked: model, server or prompts
+            print(json.dumps(out, ensure_ascii=False))
+            why = (gen.rejects() or [{}])[-1].get('reason', '?')
+            raise GenerationError(f"all {tried} jobs failed ({st.rejected} rejected, {st.failed} gave up), "
+                                  f"{gen.out/'data'} left as it was; reasons in {gen.rejects_path}, e.g. {why[:200]}")
         if a.self_instruct and not st.stopped:
             kept, dropped, st2 = self_instruct(gen, chunks, seeds, a.self_instruct, persona=project.persona)
             out['self_instruct'] = {'kept': len(kept), 'dropped': len(dropped), 'stopped': st2.stopped}
             st.stopped = st2.stopped
-        if not a.no_build: out['data'] = build_datasets(gen, seeds, project=project, with_context=a.with_context)
+        if not a.no_build and gen.finished():
+            out['data'] = build_datasets(gen, seeds, project=project, with_context=a.with_context)
     except GenerationError as e:
-        print(f'error: {e}', file=sys.stderr); return 1
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr); return 1
     print(json.dumps(out, ensure_ascii=False))
     return 2 if st.stopped else 0
+
+def main(argv:list[str]|None=None) -> int:
+    "Entry point of `python -m dnf_rlhf.datagen`: bad input is one line on stderr, exit 2 (`--debug`: the traceback)."
+    return cli_main(generate_cli, argv, 'python -m dnf_rlhf.datagen')
 
 # %% ../nbs/10_datagen.ipynb #345bfe7c
 if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', None) == 'dnf_rlhf.datagen':

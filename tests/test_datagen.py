@@ -1,5 +1,5 @@
 "End-to-end and fault tests of dataset generation against a real loopback OpenAI-compatible server."
-import json, os, signal, subprocess, sys, time
+import json, os, shutil, signal, subprocess, sys, time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -122,14 +122,18 @@ def test_budget_cap_stops_cleanly_and_resumes(tmp_path, test_env):
     out = tmp_path/'run'
     with LoopbackServer() as srv:
         price = ['--price', 'loopback', '200', '200']
-        r = subprocess.run(datagen_cmd(out, srv, '--tasks', 'qa', '--limit', '16', '--concurrency', '2', '--budget-usd', '0.2', *price),
+        dry = subprocess.run(datagen_cmd(out, srv, '--tasks', 'qa', '--limit', '16', '--dry-run', *price),
+                             env=test_env, capture_output=True, text=True, timeout=120)
+        budget = round(json.loads(dry.stdout.strip().splitlines()[-1])['dry_run']['usd'] / 4, 4)  # a quarter of it
+        r = subprocess.run(datagen_cmd(out, srv, '--tasks', 'qa', '--limit', '16', '--concurrency', '2',
+                                       '--budget-usd', str(budget), *price),
                            env=test_env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 2, r.stderr[-3000:]
         st = json.loads(r.stdout.strip().splitlines()[-1])['stats']
         ledger = read_log(out/'ledger.jsonl')
         spent, biggest = sum(l['usd'] for l in ledger), max(l['usd'] for l in ledger)
         assert st['datagen/stopped'] == 'budget' and 0 < st['datagen/ok'] < 16
-        assert 0.2 <= spent < 0.2 + 2 * biggest  # overshoot at most the requests in flight (concurrency 2)
+        assert spent <= budget + biggest  # each request's estimated cost is reserved before it is sent
         assert 'budget' in r.stderr
         done = cached_prompt_hashes(out/'cache'); mark = len(srv.log)
         r2 = subprocess.run(datagen_cmd(out, srv, '--tasks', 'qa', '--limit', '16', '--concurrency', '2', '--budget-usd', '100', *price),
@@ -138,6 +142,37 @@ def test_budget_cap_stops_cleanly_and_resumes(tmp_path, test_env):
         assert not set(srv.counts(since=mark)) & done
         assert len({r['id'] for r in read_log(out/'results.jsonl')}) == 16
         assert sum(len(read_jsonl(out/'data'/f'sft_{s}.jsonl')) for s in ('train', 'test')) == 16 * 3
+
+
+def test_budget_is_reserved_before_each_request(tmp_path):
+    "16 requests in flight used to start on the same $0 total and overshoot the cap manyfold; each now reserves its estimate."
+    with LoopbackServer() as srv:
+        cfg = GenConfig(base_url=srv.base_url, concurrency=16, prices={'loopback': (1000.0, 1000.0)}, **FAST)
+        one = Generator(tmp_path/'probe', cfg, progress=False).estimate(items(1))['usd']  # one request's estimated cost
+        cfg.budget_usd = 1.5 * one
+        gen = Generator(tmp_path/'run', cfg, progress=False)
+        st = gen.run(items(48))
+    ledger = read_log(tmp_path/'run'/'ledger.jsonl')
+    spent, biggest = sum(l['usd'] for l in ledger), max(l['usd'] for l in ledger)
+    assert st.stopped == 'budget' and st.calls == len(ledger) >= 1
+    assert spent <= cfg.budget_usd + biggest, f'spent ${spent:.4f}, cap ${cfg.budget_usd:.4f} ({spent / cfg.budget_usd:.1f}x)'
+    assert spent > cfg.budget_usd - one - 1e-4  # and it used the cap: it stopped when the next request could not fit
+
+
+def test_every_job_failing_is_an_error_and_keeps_the_data(tmp_path, test_env):
+    "A run in which every job failed exits non-zero and leaves the earlier data files as they were (not empty)."
+    out = tmp_path/'run'
+    with LoopbackServer() as srv:
+        cmd = datagen_cmd(out, srv, '--tasks', 'qa', '--limit', '2')
+        r = subprocess.run(cmd, env=test_env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        data = {p.name: p.read_bytes() for p in (out/'data').iterdir()}
+        assert read_jsonl(out/'data'/'sft_train.jsonl')
+        (out/'results.jsonl').unlink(); shutil.rmtree(out/'cache')  # the same jobs again, now on a broken model
+        srv.script(*['malformed'] * 20)
+        r2 = subprocess.run(cmd, env=test_env, capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 1 and 'all 2 jobs failed' in r2.stderr and 'Traceback' not in r2.stderr, r2.stderr[-3000:]
+    assert {p.name: p.read_bytes() for p in (out/'data').iterdir()} == data
 
 
 def test_quota_exhaustion_stops_the_run(tmp_path):
