@@ -280,7 +280,7 @@ def test_bad_input_is_a_400_and_the_connection_stays_usable(serve, path, body):
             assert ok.status == 200 and json.loads(ok.data)['choices'][0]['message']['content'] is not None
             assert conn.sock is sock  # no reconnect happened
         finally: conn.close()
-        assert engine.in_system == 0
+        _wait(lambda: engine.in_system == 0)  # the worker frees the place right after its last event
 
 @pytest.mark.parametrize('body,param', [
     ({'messages': Q, 'max_tokens': '8'}, 'max_tokens'),
@@ -514,7 +514,7 @@ def test_property_schema_bodies_get_no_500_and_documented_responses(serve):
             return st.one_of(valid, valid, broken, json_values)
         seen, client = {}, httpx.Client(timeout=60, headers={'Authorization': f'Bearer {KEY}'})
 
-        @settings(max_examples=150, deadline=None, derandomize=True, database=None, print_blob=True,
+        @settings(max_examples=300, deadline=None, derandomize=True, database=None, print_blob=True,
                   suppress_health_check=list(HealthCheck))
         @given(st.sampled_from(sorted(ops)).flatmap(lambda path: st.tuples(st.just(path), bodies(ops[path]))))
         def check(case):
@@ -536,4 +536,4 @@ def test_property_schema_bodies_get_no_500_and_documented_responses(serve):
         check()
         client.close()
         assert seen.get(200, 0) >= 5 and seen.get(400, 0) >= 5, seen  # both answers and refusals were exercised
-        assert engine.in_system == 0
+        _wait(lambda: engine.in_system == 0)
