@@ -380,6 +380,7 @@ def test_non_streaming_client_that_times_out_frees_its_place(serve):
             _wait(lambda: engine.in_system == 0, 30)  # the server saw the client leave and dropped the job
         r = httpx.post(url, json={'messages': Q, 'max_tokens': 8}, timeout=120)
         assert r.status_code == 200, r.text  # served at once, not 503: the place was free
+        _wait(lambda: engine.in_system == 0 and engine.served >= 1)  # counted right after its last event
         assert engine.served == 1  # only the second request was generated
 
 def test_long_max_tokens_keeps_the_retrieved_passages(serve):
