@@ -7,16 +7,17 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/serving.html.md"""
 
 # %% ../nbs/07_serving.ipynb #2f0040c3
 from __future__ import annotations
-import argparse, asyncio, hmac, json, logging, os, queue, re, threading, time, uuid
+import argparse, asyncio, hmac, json, logging, os, queue, re, sys, threading, time, uuid
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
-from typing import Any, Literal
-from pydantic import ConfigDict, Field
+from typing import Annotated, Any, Literal
+from pydantic import AfterValidator, ConfigDict, Field
 import pydantic  # (dnf_rlhf.core exports its own `BaseModel`: the base-model record)
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from .core import *
 from .chat import render_prompt, prepare_tokenizer
 from .rag import Retriever, build_context
@@ -24,9 +25,12 @@ from .rag import Retriever, build_context
 log = logging.getLogger('dnf_rlhf.serve')
 
 # %% auto #0
-__all__ = ['log', 'GUARD_REPLY', 'HATEFUL_TERMS', 'ROLES', 'ServeConfig', 'guard_hits', 'is_hateful', 'load_model_dir',
-           'load_chat_model', 'Job', 'Engine', 'with_context', 'n_tokens', 'ChatMessage', 'ChatRequest', 'QueryRequest',
-           'RequestError', 'prepare_job', 'make_app', 'BackgroundServer', 'serve_main']
+__all__ = ['log', 'GUARD_REPLY', 'HATEFUL_TERMS', 'ROLES', 'UText', 'ERRORS', 'ServeConfig', 'guard_hits', 'is_hateful',
+           'load_model_dir', 'load_chat_model', 'Job', 'Engine', 'with_context', 'n_tokens', 'valid_unicode',
+           'ContentPart', 'ChatMessage', 'StreamOptions', 'ResponseFormat', 'ChatRequest', 'QueryRequest',
+           'RequestError', 'error_param', 'validation_error', 'prepare_job', 'ErrorDetail', 'ErrorResponse',
+           'AnswerMessage', 'Choice', 'Usage', 'ChatCompletion', 'QueryResponse', 'error_response', 'make_app',
+           'BackgroundServer', 'serve_main']
 
 # %% ../nbs/07_serving.ipynb #4c626dc0
 GUARD_REPLY = ("그런 말씀에는 함께할 수 없어요. 누군가를 깎아내리거나 해치는 이야기 대신, 던전앤파이터 세계관에서 궁금한 "
@@ -43,14 +47,17 @@ class ServeConfig:
     retry_after_s: int = 2  # Retry-After header (seconds) on a 503
     request_timeout_s: float = 120.0  # longest a request waits for its answer (504 after that); also caps generation time
     max_tokens_default: int = 128  # answer length when the request sets none
-    max_tokens_limit: int = 512  # larger max_tokens is a 422
+    max_tokens_limit: int = 512  # larger max_tokens is a 400
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413 before they are read (1 MiB: see above)
     retrieval: bool = True  # ground answers in retrieved chunks (a request may turn it off with "retrieval": false)
     top_k: int = 3  # chunks retrieved per question
     fit_tokens: int|None = None  # prompt + answer length that retrieved passages are trimmed to (None: the model's context)
+    min_context_tokens: int = 128  # passages keep at least this many tokens (a long max_tokens shrinks the answer)
     persona: str|None = DNF_PERSONA  # system line added when the request has none (None: no persona)
     api_key_env: str = 'DNF_RLHF_API_KEY'  # environment variable holding the bearer key; unset or empty: no authentication
     guard: bool = True  # answer hateful messages with `guard_reply` instead of the model
     guard_reply: str = GUARD_REPLY  # the polite redirect
+    shutdown_grace_s: float = 10.0  # on SIGTERM/Ctrl-C in-flight requests get this long, then they are cancelled
 
 # %% ../nbs/07_serving.ipynb #44ce0400
 HATEFUL_TERMS = (
@@ -160,6 +167,7 @@ class Engine:
         self.fit_tokens = min(self.cfg.fit_tokens or self.context_limit, self.context_limit)
         self._jobs: queue.Queue = queue.Queue()
         self._lock, self._in_system, self._threads = threading.Lock(), 0, []
+        self._current: dict[int, Job] = {}  # worker thread id -> the job it holds
         self._running = threading.Event(); self._running.set()  # cleared inside `paused()`
         self._stopping = threading.Event()
         self._seed_lock = threading.Lock()
@@ -180,8 +188,9 @@ class Engine:
         return self
 
     def stop(self, timeout:float=30.0):
-        "Stop the workers after the jobs they are running (waiting jobs are cancelled)."
+        "Stop the workers: running generations end at their next token, waiting jobs get a 503."
         self._stopping.set(); self._running.set()
+        for job in list(self._current.values()): job.cancel.set()
         for _ in self._threads: self._jobs.put(None)
         for t in self._threads: t.join(timeout)
         self._threads = []
@@ -216,8 +225,9 @@ def with_context(messages:list[dict], context:str|None) -> list[dict]:
 def n_tokens(tokenizer, text:str) -> int: return len(tokenizer(text, add_special_tokens=False)['input_ids'])
 
 def _budget(self:Engine, messages:list[dict], max_new_tokens:int) -> int:
-    "Tokens left for passages: `fit_tokens` minus the prompt (with an empty context turn) and the answer."
-    return self.fit_tokens - n_tokens(self.tok, render_prompt(self.tok, with_context(messages, '-'))) - max_new_tokens
+    "Tokens for passages: what `fit_tokens` leaves after prompt and answer, at least `min_context_tokens` (within the context)."
+    bare = n_tokens(self.tok, render_prompt(self.tok, with_context(messages, '-')))
+    return min(max(self.fit_tokens - bare - max_new_tokens, self.cfg.min_context_tokens), self.context_limit - bare - 1)
 
 def _run(self:Engine, job:Job):
     import torch
@@ -229,71 +239,109 @@ def _run(self:Engine, job:Job):
             msgs = with_context(msgs, context)
     job.emit('sources', ids)
     enc = self.tok(render_prompt(self.tok, msgs), return_tensors='pt', add_special_tokens=False).to(self.model.device)
+    n_prompt = int(enc['input_ids'].shape[1])
+    max_new = max(1, min(job.max_new_tokens, self.context_limit - n_prompt))  # passages stay; a long answer shrinks
     streamer = _Deltas(self.tok, lambda t: job.emit('delta', t))
-    kw = dict(do_sample=True, temperature=job.temperature, top_p=job.top_p) if job.temperature > 0 else dict(do_sample=False)
+    sample = job.temperature >= 1e-3  # below, logits / temperature overflows float32 (NaN probabilities): greedy
+    kw = dict(do_sample=True, temperature=job.temperature, top_p=job.top_p) if sample else dict(do_sample=False)
     with torch.no_grad(), self._seed_lock if job.seed is not None else nullcontext():  # a seed means: no other sampling in between
         if job.seed is not None: torch.manual_seed(job.seed)
-        self.model.generate(**enc, max_new_tokens=job.max_new_tokens, streamer=streamer, use_cache=True,
+        self.model.generate(**enc, max_new_tokens=max_new, streamer=streamer, use_cache=True,
                             stopping_criteria=_stop_when(job.cancel), max_time=self.cfg.request_timeout_s,
                             pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id, **kw)
     ended = self.tok.eos_token_id in streamer.ids
     n_answer = streamer.ids.index(self.tok.eos_token_id) + 1 if ended else len(streamer.ids)
     job.emit('done', dict(text=streamer.text(), finish_reason='stop' if ended else 'length', sources=ids,
-                          prompt_tokens=int(enc['input_ids'].shape[1]), completion_tokens=n_answer))
+                          prompt_tokens=n_prompt, completion_tokens=n_answer, max_tokens=max_new))
 
 def _work(self:Engine):
     "Worker loop: take a job, run it unless cancelled, free its place."
+    me = threading.get_ident()
     while True:
         job = self._jobs.get()
         if job is None: return
+        self._current[me] = job  # before the stop check: `stop()` cancels it, or this loop sees `_stopping`
         try:
             while not self._running.wait(0.1):
                 if self._stopping.is_set() or job.cancel.is_set(): break
-            if self._stopping.is_set(): job.emit('error', 'the server is shutting down'); continue
+            if self._stopping.is_set():
+                job.emit('error', dict(status=503, message='the server is shutting down', code='shutting_down'))
+                continue
             if not job.cancel.is_set():
                 self._run(job)
                 self.served += 1
         except Exception as e:
             log.exception('generation failed')
-            job.emit('error', f'generation failed: {type(e).__name__}: {e}')
-        finally: self._release()
+            msg = f'generation failed: {type(e).__name__}: {e}'
+            job.emit('error', dict(status=500, message=msg, code='generation_failed'))
+        finally:
+            self._current.pop(me, None); self._release()
 
 Engine._budget, Engine._run, Engine._work = _budget, _run, _work
 
 # %% ../nbs/07_serving.ipynb #d328538c
 ROLES = {'system': 'system', 'developer': 'system', 'user': 'user', 'assistant': 'assistant'}
 
+def valid_unicode(s:str) -> str:
+    "`s` itself; a ValueError when it holds a lone surrogate (JSON allows `\\ud800`; UTF-8 and the tokenizer do not)."
+    try: s.encode('utf-8')
+    except UnicodeEncodeError: raise ValueError('contains a lone surrogate (\\ud800-\\udfff): not text') from None
+    return s
+
+UText = Annotated[str, AfterValidator(valid_unicode)]  # a string that is valid Unicode text
+_STRICT = ConfigDict(extra='ignore', strict=True)  # unknown fields ignored; known ones not coerced ('8' is no int)
+
+class ContentPart(pydantic.BaseModel):
+    "One part of a message's content: {'type': 'text', 'text': ...} parts are read, other types (images ...) ignored."
+    model_config = _STRICT
+    type: UText
+    text: UText|None = None  # required (a string) when type is 'text'
+
+    @pydantic.model_validator(mode='after')
+    def _text_has_text(self):
+        if self.type == 'text' and self.text is None: raise ValueError("a part of type 'text' needs a string 'text'")
+        return self
+
 class ChatMessage(pydantic.BaseModel):
     "One message of a chat request."
-    model_config = ConfigDict(extra='ignore')
-    role: str
-    content: str|list[dict]|None = None  # text, or a list of {'type': 'text', 'text': ...} parts
+    model_config = _STRICT
+    role: Literal['system', 'developer', 'user', 'assistant']
+    content: UText|list[ContentPart]|None = None  # text, or a list of {'type': 'text', 'text': ...} parts
 
     def text(self) -> str:
-        if isinstance(self.content, list):
-            return ''.join(p.get('text', '') for p in self.content if isinstance(p, dict) and p.get('type') == 'text')
+        if isinstance(self.content, list): return ''.join(p.text for p in self.content if p.type == 'text')
         return self.content or ''
 
+class StreamOptions(pydantic.BaseModel):
+    "`stream_options` of a streamed request."
+    model_config = _STRICT
+    include_usage: bool|None = None  # add a usage chunk before [DONE]
+
+class ResponseFormat(pydantic.BaseModel):
+    "`response_format` of a request (only 'text' is served)."
+    model_config = _STRICT
+    type: UText
+
 class ChatRequest(pydantic.BaseModel):
-    "The fields of an OpenAI chat-completion request that this server reads."
-    model_config = ConfigDict(extra='ignore')
-    model: str|None = None  # ignored: the server serves one model
-    messages: list[ChatMessage]
+    "The fields of an OpenAI chat-completion request that this server reads, strictly typed."
+    model_config = _STRICT
+    model: UText|None = None  # ignored: the server serves one model
+    messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int|None = None
     max_completion_tokens: int|None = None  # newer name of max_tokens
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     n: int = 1
     stream: bool = False
-    stream_options: dict|None = None  # {'include_usage': true} adds a usage chunk
-    seed: int|None = None
-    response_format: dict|None = None
+    stream_options: StreamOptions|None = None  # {'include_usage': true} adds a usage chunk
+    seed: int|None = Field(None, ge=-2**63, le=2**63 - 1)  # a 64-bit integer, as OpenAI's
+    response_format: ResponseFormat|None = None
     retrieval: bool|None = None  # extension: turn retrieval off (or on) for this request
 
 class QueryRequest(pydantic.BaseModel):
     "Body of POST /query (the persona project's interface)."
-    model_config = ConfigDict(extra='ignore')
-    query: str = Field(min_length=1)
+    model_config = _STRICT
+    query: UText = Field(min_length=1)
     retrieval: bool|None = None
 
 class RequestError(Exception):
@@ -301,37 +349,188 @@ class RequestError(Exception):
     def __init__(self, status:int, message:str, param:str|None=None, code:str|None=None, headers:dict|None=None):
         super().__init__(message); self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
+# %% ../nbs/07_serving.ipynb #c4f2a9d1
+def error_param(loc) -> str|None:
+    "OpenAI's `param` for a validation error location: ('body', 'messages', 0, 'content') -> 'messages[0].content'."
+    out = ''
+    for i, x in enumerate(loc):
+        if i == 0 and x == 'body': continue
+        if isinstance(x, int): out += f'[{x}]'
+        elif '[' in str(x): continue  # a union branch (e.g. 'list[ContentPart]'), not a place in the body
+        else: out += ('.' if out else '') + str(x)
+    return out or None
+
+def validation_error(errors:list[dict]) -> tuple[str, str|None]:
+    "(message, param) for FastAPI's validation errors: the most specific location is `param`; at most three listed."
+    if not errors: return 'invalid request', None
+    if errors[0].get('type') == 'json_invalid':
+        return f"the body is not valid JSON: {errors[0].get('ctx', {}).get('error', 'decode error')}", None
+    errs = sorted(errors, key=lambda er: -len(error_param(er['loc']) or ''))
+    listed = '; '.join(f"{error_param(er['loc']) or 'body'}: {er['msg']}" for er in errs[:3])
+    return f'invalid request: {listed}', error_param(errs[0]['loc'])
+
 # %% ../nbs/07_serving.ipynb #6c19113e
 def prepare_job(engine:Engine, req:ChatRequest) -> tuple[Job, str|None]:
-    "Validate `req` against the server's limits; (job, guard reply or None). Raises `RequestError` (422)."
+    "Check `req` and count its prompt's tokens (run it off the event loop); (job, guard reply or None); raises `RequestError` (400)."
     cfg = engine.cfg
-    if not req.messages: raise RequestError(422, "'messages' is empty: send at least one user message", 'messages')
-    msgs = []
-    for i, m in enumerate(req.messages):
-        if m.role not in ROLES:
-            raise RequestError(422, f"messages[{i}].role {m.role!r} is not supported; use 'system', 'user' or 'assistant'", f'messages[{i}].role')
-        msgs.append({'role': ROLES[m.role], 'content': m.text()})
-    if msgs[-1]['role'] != 'user': raise RequestError(422, "the last message must come from the 'user'", f'messages[{len(msgs)-1}].role')
-    if not msgs[-1]['content'].strip(): raise RequestError(422, 'the last user message is empty', f'messages[{len(msgs)-1}].content')
-    if req.n != 1: raise RequestError(422, f"n={req.n}: this server returns one choice (n=1)", 'n')
-    rf = (req.response_format or {}).get('type', 'text')
-    if rf != 'text': raise RequestError(422, f"response_format type {rf!r} is not supported: this model answers in plain text", 'response_format')
+    if not req.messages: raise RequestError(400, "'messages' is empty: send at least one user message", 'messages')
+    msgs = [{'role': ROLES[m.role], 'content': m.text()} for m in req.messages]
+    if msgs[-1]['role'] != 'user': raise RequestError(400, "the last message must come from the 'user'", f'messages[{len(msgs)-1}].role')
+    if not msgs[-1]['content'].strip(): raise RequestError(400, 'the last user message is empty', f'messages[{len(msgs)-1}].content')
+    if req.n != 1: raise RequestError(400, f"n={req.n}: this server returns one choice (n=1)", 'n')
+    rf = req.response_format.type if req.response_format is not None else 'text'
+    if rf != 'text': raise RequestError(400, f"response_format type {rf!r} is not supported: this model answers in plain text", 'response_format')
     max_new = next((v for v in (req.max_completion_tokens, req.max_tokens) if v is not None), cfg.max_tokens_default)
     if not 1 <= max_new <= cfg.max_tokens_limit:
-        raise RequestError(422, f"max_tokens={max_new} is outside 1..{cfg.max_tokens_limit} (this server's limit)", 'max_tokens')
+        raise RequestError(400, f"max_tokens={max_new} is outside 1..{cfg.max_tokens_limit} (this server's limit)", 'max_tokens')
     if cfg.persona and msgs[0]['role'] != 'system': msgs.insert(0, {'role': 'system', 'content': cfg.persona})
-    n_prompt = n_tokens(engine.tok, render_prompt(engine.tok, msgs))
+    try: n_prompt = n_tokens(engine.tok, render_prompt(engine.tok, msgs))
+    except Exception as e:  # e.g. a model's own template that insists on alternating user/assistant turns
+        raise RequestError(400, f'the chat template refused this conversation: {type(e).__name__}: {e}', 'messages') from None
     if n_prompt + max_new > engine.context_limit:
-        raise RequestError(422, f"the prompt has {n_prompt} tokens; with max_tokens={max_new} that is over the model's context "
+        raise RequestError(400, f"the prompt has {n_prompt} tokens; with max_tokens={max_new} that is over the model's context "
                                 f"of {engine.context_limit} tokens: shorten the conversation or max_tokens", 'messages', 'context_length_exceeded')
     retrieval = cfg.retrieval if req.retrieval is None else req.retrieval
     job = Job(msgs, msgs[-1]['content'], retrieval, max_new, req.temperature, req.top_p, req.seed)
     return job, (cfg.guard_reply if cfg.guard and is_hateful(msgs[-1]['content']) else None)
 
-# %% ../nbs/07_serving.ipynb #512dcba6
-def _error_body(message:str, kind:str, param=None, code=None) -> dict:
-    return {'error': {'message': message, 'type': kind, 'param': param, 'code': code}}
+# %% ../nbs/07_serving.ipynb #e5a81f3c
+class ErrorDetail(pydantic.BaseModel):
+    "OpenAI's error object."
+    message: str
+    type: str  # invalid_request_error, authentication_error, server_busy, timeout, server_error
+    param: str|None  # the offending field, e.g. 'messages[0].content' (null when none)
+    code: str|None  # e.g. 'invalid_api_key', 'context_length_exceeded', 'request_too_large' (null when none)
 
+class ErrorResponse(pydantic.BaseModel):
+    "The body of every refusal, as OpenAI's API sends it."
+    error: ErrorDetail
+
+class AnswerMessage(pydantic.BaseModel):
+    role: Literal['assistant']
+    content: str
+
+class Choice(pydantic.BaseModel):
+    index: int
+    message: AnswerMessage
+    finish_reason: Literal['stop', 'length']
+
+class Usage(pydantic.BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+class ChatCompletion(pydantic.BaseModel):
+    "A non-streamed answer: OpenAI's `chat.completion` with this server's extensions `sources` and `max_tokens`."
+    id: str
+    object: Literal['chat.completion']
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    sources: list[str]  # ids of the retrieved chunks given to the model
+    max_tokens: int  # the answer budget used: less than asked when the retrieved passages needed the room
+
+class QueryResponse(pydantic.BaseModel):
+    response: str
+    sources: list[str]
+
+ERRORS = {  # the refusals of the POST routes, documented in /openapi.json with `ErrorResponse`
+    400: 'invalid request: not JSON, a wrong type or value, an unsupported option, or a prompt over the context',
+    401: 'missing or wrong API key (checked before the body is read)',
+    413: 'request body over max_body_bytes (refused before it is read)',
+    500: 'generation failed',
+    503: 'the queue is full (see Retry-After) or the server is shutting down',
+    504: 'no answer within request_timeout_s',
+}
+_KIND = {401: 'authentication_error', 503: 'server_busy', 504: 'timeout'}
+
+_SURROGATE = re.compile('[\ud800-\udfff]')
+
+def _error_body(message:str, kind:str, param=None, code=None) -> dict:
+    "OpenAI's error object; a lone surrogate becomes U+FFFD (strict JSON parsers refuse its escape)."
+    clean = lambda s: None if s is None else _SURROGATE.sub('\ufffd', str(s))
+    return {'error': {'message': clean(message), 'type': kind, 'param': clean(param), 'code': clean(code)}}
+
+def error_response(status:int, message:str, param:str|None=None, code:str|None=None, headers:dict|None=None):
+    "An OpenAI-shaped error response (ASCII-escaped JSON: any text in it can be sent)."
+    kind = _KIND.get(status, 'server_error' if status >= 500 else 'invalid_request_error')
+    return Response(json.dumps(_error_body(message, kind, param, code)), status_code=status,
+                    media_type='application/json', headers=headers)
+
+# %% ../nbs/07_serving.ipynb #a1e9c7b5
+def _replay(body:bytes, receive):
+    "An ASGI `receive` that first hands over `body` (already read), then passes on to `receive` (e.g. the disconnect)."
+    sent = False
+    async def replay():
+        nonlocal sent
+        if not sent: sent = True; return {'type': 'http.request', 'body': body, 'more_body': False}
+        return await receive()
+    return replay
+
+class _Gate:
+    "ASGI middleware before the routes: the API key before any body is read, the body-size limit; no exception escapes."
+    def __init__(self, app, key:str|None, limit:int, paths:set[str]):
+        self.app, self.key, self.limit, self.paths = app, (key.encode() if key else None), limit, paths
+
+    def refusal(self, scope) -> Response|None:
+        "401 without the right bearer key, 413 when Content-Length is over the limit; None when the request may go on."
+        headers = dict(scope.get('headers') or [])
+        if self.key is not None:
+            given = headers.get(b'authorization', b'')
+            token = given[7:].strip() if given[:7].lower() == b'bearer ' else b''
+            if not hmac.compare_digest(token, self.key):
+                msg = 'missing or invalid API key: send "Authorization: Bearer <key>"'
+                return error_response(401, msg, code='invalid_api_key')
+        size = headers.get(b'content-length', b'')
+        if size.isdigit() and int(size) > self.limit: return self.too_large()
+        return None
+
+    def too_large(self) -> Response:
+        msg = f'the request body is over {self.limit} bytes, this server\'s limit'
+        return error_response(413, msg, code='request_too_large')
+
+    async def read(self, receive) -> tuple[bytes|None, Response|None]:
+        "(body, None), or (None, 413) once more than `limit` bytes arrived, or (None, None) when the client left."
+        chunks, size = [], 0
+        while True:
+            m = await receive()
+            if m['type'] == 'http.disconnect': return None, None
+            chunks.append(m.get('body', b'')); size += len(chunks[-1])
+            if size > self.limit: return None, self.too_large()
+            if not m.get('more_body', False): return b''.join(chunks), None
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        state = {'started': False, 'done': False}
+        async def tracked(message):
+            if message['type'] == 'http.response.start': state['started'] = True
+            elif message['type'] == 'http.response.body' and not message.get('more_body', False): state['done'] = True
+            await send(message)
+        try:
+            if scope['path'] in self.paths:
+                refused = self.refusal(scope)
+                if refused is None:
+                    body, refused = await self.read(receive)
+                    if body is None and refused is None: return  # the client left while sending
+                if refused is not None: return await refused(scope, receive, tracked)
+                receive = _replay(body, receive)
+            await self.app(scope, receive, tracked)
+        except Exception as e:  # answer instead of letting the server drop the keep-alive connection
+            if isinstance(e, OSError) or type(e).__name__ == 'ClientDisconnect': return  # the client is gone
+            log.exception('request failed: %s %s', scope.get('method'), scope.get('path'))
+            try:
+                if not state['started']:
+                    refused = error_response(500, f'internal error: {type(e).__name__}', code='internal_error')
+                    await refused(scope, receive, tracked)
+                elif not state['done']: await tracked({'type': 'http.response.body', 'body': b'', 'more_body': False})
+            except Exception: pass
+
+async def _disconnected(request:Request):
+    "Return once the client has disconnected (to await after the body was read)."
+    while (await request.receive())['type'] != 'http.disconnect': pass
+
+# %% ../nbs/07_serving.ipynb #512dcba6
 def _chunk(cid:str, created:int, model:str, delta:dict, finish=None, **extra) -> str:
     body = {'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': model,
             'choices': [{'index': 0, 'delta': delta, 'finish_reason': finish}], **extra}
@@ -341,41 +540,36 @@ def make_app(engine:Engine, api_key:str|None=None):
     "The FastAPI app serving `engine`; `api_key` (default: from the environment variable `engine.cfg.api_key_env`) enables bearer auth."
     cfg = engine.cfg
     key = (api_key if api_key is not None else os.environ.get(cfg.api_key_env, '')).strip() or None
+    guard_tokens = n_tokens(engine.tok, cfg.guard_reply)
 
     @asynccontextmanager
     async def lifespan(app):
         started = not engine._threads
         if started: engine.start()
         yield
-        if started: engine.stop()
+        if started: engine.stop(timeout=cfg.shutdown_grace_s)
 
     app = FastAPI(title='dnf_rlhf chat server', lifespan=lifespan)
+    app.add_middleware(_Gate, key=key, limit=cfg.max_body_bytes, paths={'/v1/chat/completions', '/query'})
+    documented = {s: {'model': ErrorResponse, 'description': d} for s, d in ERRORS.items()}
 
     @app.exception_handler(RequestError)
-    async def _refused(request, e:RequestError):
-        kind = {401: 'authentication_error', 503: 'server_busy', 504: 'timeout'}.get(e.status, 'invalid_request_error')
-        return JSONResponse(_error_body(e.message, kind, e.param, e.code), status_code=e.status, headers=e.headers)
+    async def _refused(request, e:RequestError): return error_response(e.status, e.message, e.param, e.code, e.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request, e:RequestValidationError):
-        errs = e.errors()
-        where = '.'.join(str(x) for x in errs[0]['loc'] if x != 'body') if errs else ''
-        msg = '; '.join(f"{'.'.join(str(x) for x in er['loc'] if x != 'body') or 'body'}: {er['msg']}" for er in errs[:3])
-        return JSONResponse(_error_body(f'invalid request: {msg}', 'invalid_request_error', where or None), status_code=422)
+    async def _invalid(request, e:RequestValidationError): return error_response(400, *validation_error(e.errors()))
 
-    def authorize(request:Request):
-        if key is None: return
-        given = request.headers.get('authorization', '')
-        token = given[7:].strip() if given[:7].lower() == 'bearer ' else ''
-        if not hmac.compare_digest(token.encode(), key.encode()):
-            raise RequestError(401, 'missing or invalid API key: send "Authorization: Bearer <key>"', code='invalid_api_key')
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, e:StarletteHTTPException):
+        code = {404: 'not_found', 405: 'method_not_allowed'}.get(e.status_code)
+        return error_response(e.status_code, str(e.detail), None, code, getattr(e, 'headers', None))
 
     async def answer(job:Job, guard:str|None):
         "Admit `job` (or short-cut the guard reply) and return it with its event queue."
         job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
         if guard is not None:
             for ev in (('sources', []), ('delta', guard), ('done', dict(text=guard, finish_reason='stop', sources=[], guarded=True,
-                                                                        prompt_tokens=0, completion_tokens=n_tokens(engine.tok, guard)))):
+                       prompt_tokens=0, completion_tokens=guard_tokens, max_tokens=job.max_new_tokens))):
                 job.events.put_nowait(ev)
             return job
         if not engine.try_admit():
@@ -384,16 +578,25 @@ def make_app(engine:Engine, api_key:str|None=None):
         engine.submit(job)
         return job
 
-    async def collect(job:Job) -> dict:
-        "Wait (bounded) for the job's final event."
+    async def collect(job:Job, request:Request) -> dict:
+        "Wait for the job's final event: bounded by `request_timeout_s`, and cut short when the client disconnects."
+        loop = asyncio.get_running_loop()
+        gone, deadline = asyncio.ensure_future(_disconnected(request)), loop.time() + cfg.request_timeout_s
         try:
             while True:
-                kind, data = await asyncio.wait_for(job.events.get(), cfg.request_timeout_s)
+                get = asyncio.ensure_future(job.events.get())
+                await asyncio.wait({get, gone}, timeout=max(0.0, deadline - loop.time()),
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    if gone.done():  # nobody reads this answer (499: nginx's "client closed request")
+                        raise RequestError(499, 'the client closed the connection', code='client_closed_request')
+                    raise RequestError(504, f'no answer within {cfg.request_timeout_s} s', code='timeout')
+                kind, data = get.result()
                 if kind == 'done': return data
-                if kind == 'error': raise RequestError(500, data, code='generation_failed')
-        except asyncio.TimeoutError:
-            raise RequestError(504, f'no answer within {cfg.request_timeout_s} s', code='timeout') from None
-        finally: job.cancel.set()  # stop generating if the answer is no longer awaited
+                if kind == 'error': raise RequestError(data['status'], data['message'], code=data['code'])
+        finally:
+            job.cancel.set(); gone.cancel()  # stop generating: the answer is complete or no longer awaited
 
     @app.get('/health')
     async def health():
@@ -404,45 +607,61 @@ def make_app(engine:Engine, api_key:str|None=None):
     async def models():
         return {'object': 'list', 'data': [{'id': cfg.model_name, 'object': 'model', 'owned_by': 'dnf_rlhf'}]}
 
-    @app.post('/query')
+    @app.post('/query', response_model=QueryResponse, responses=documented)
     async def query(body:QueryRequest, request:Request):
-        authorize(request)
-        job, guard = prepare_job(engine, ChatRequest(messages=[{'role': 'user', 'content': body.query}], retrieval=body.retrieval))
-        done = await collect(await answer(job, guard))
+        req = ChatRequest(messages=[{'role': 'user', 'content': body.query}], retrieval=body.retrieval)
+        job, guard = await asyncio.to_thread(prepare_job, engine, req)
+        done = await collect(await answer(job, guard), request)
         return {'response': done['text'], 'sources': done['sources']}
 
-    @app.post('/v1/chat/completions')
+    sse = {200: {'description': 'the answer: JSON, or server-sent `chat.completion.chunk` events with "stream": true',
+                 'content': {'text/event-stream': {'schema': {'type': 'string'}}}}}
+    @app.post('/v1/chat/completions', response_model=ChatCompletion, responses={**sse, **documented})
     async def chat(body:ChatRequest, request:Request):
-        authorize(request)
-        job, guard = prepare_job(engine, body)
+        job, guard = await asyncio.to_thread(prepare_job, engine, body)  # a long prompt must not stall the loop
         job = await answer(job, guard)
         cid, created = f'chatcmpl-{uuid.uuid4().hex[:24]}', int(time.time())
         if not body.stream:
-            d = await collect(job)
+            d = await collect(job, request)
             return {'id': cid, 'object': 'chat.completion', 'created': created, 'model': cfg.model_name, 'sources': d['sources'],
                     'choices': [{'index': 0, 'message': {'role': 'assistant', 'content': d['text']}, 'finish_reason': d['finish_reason']}],
                     'usage': {'prompt_tokens': d['prompt_tokens'], 'completion_tokens': d['completion_tokens'],
-                              'total_tokens': d['prompt_tokens'] + d['completion_tokens']}}
-        usage = bool((body.stream_options or {}).get('include_usage'))
+                              'total_tokens': d['prompt_tokens'] + d['completion_tokens']},
+                    'max_tokens': d['max_tokens']}
+        usage = bool(body.stream_options and body.stream_options.include_usage)
         async def events():
             try:
                 while True:
                     try: kind, data = await asyncio.wait_for(job.events.get(), cfg.request_timeout_s)
-                    except asyncio.TimeoutError: kind, data = 'error', f'no answer within {cfg.request_timeout_s} s'
+                    except asyncio.TimeoutError:
+                        kind, data = 'error', dict(message=f'no answer within {cfg.request_timeout_s} s',
+                                                   code='timeout')
                     if kind == 'sources': yield _chunk(cid, created, cfg.model_name, {'role': 'assistant', 'content': ''}, sources=data)
                     elif kind == 'delta': yield _chunk(cid, created, cfg.model_name, {'content': data})
                     elif kind == 'done':
-                        yield _chunk(cid, created, cfg.model_name, {}, data['finish_reason'])
+                        yield _chunk(cid, created, cfg.model_name, {}, data['finish_reason'],
+                                     max_tokens=data['max_tokens'])
                         if usage:
                             u = {'prompt_tokens': data['prompt_tokens'], 'completion_tokens': data['completion_tokens'],
                                  'total_tokens': data['prompt_tokens'] + data['completion_tokens']}
                             yield f"data: {json.dumps({'id': cid, 'object': 'chat.completion.chunk', 'created': created, 'model': cfg.model_name, 'choices': [], 'usage': u})}\n\n"
                         yield 'data: [DONE]\n\n'; return
                     else:
-                        yield f"data: {json.dumps(_error_body(data, 'server_error'), ensure_ascii=False)}\n\n"; return
+                        err = _error_body(data['message'], 'server_error', code=data['code'])
+                        yield f"data: {json.dumps(err)}\n\n"; return
             finally: job.cancel.set()  # the client went away or the stream ended: stop generating
         return StreamingResponse(events(), media_type='text/event-stream', headers={'Cache-Control': 'no-cache'})
 
+    default_openapi = app.openapi
+    def openapi() -> dict:
+        "FastAPI's schema without its default 422 response: this server answers invalid bodies with 400."
+        s = default_openapi()
+        for ops in s.get('paths', {}).values():
+            for op in ops.values(): op.get('responses', {}).pop('422', None)
+        schemas = s.get('components', {}).get('schemas', {})
+        for name in ('HTTPValidationError', 'ValidationError'): schemas.pop(name, None)
+        return s
+    app.openapi = openapi
     return app
 
 # %% ../nbs/07_serving.ipynb #bf5abc8d
@@ -478,8 +697,12 @@ class BackgroundServer:
 
 # %% ../nbs/07_serving.ipynb #8d71049c
 def serve_main(argv:list[str]|None=None) -> int:
-    "Command line `dnf-rlhf serve`: load the chat model and the index, then serve until interrupted."
-    ap = argparse.ArgumentParser(prog='dnf-rlhf serve', description='OpenAI 호환 챗봇 서버 / OpenAI-compatible chat server')
+    "Command line `dnf-rlhf serve`: load the chat model and the index, then serve until SIGTERM/Ctrl-C (+ `--grace` s)."
+    dflt = ServeConfig()
+    ap = argparse.ArgumentParser(prog='dnf-rlhf serve', description='OpenAI 호환 챗봇 서버 / OpenAI-compatible chat server',
+                                 epilog=f'API key: set the environment variable {dflt.api_key_env} to require '
+                                        f'"Authorization: Bearer <key>" on /v1/chat/completions and /query (unset or '
+                                        f'empty: no key). Set it before binding anything but 127.0.0.1; it is never logged.')
     add_run_args(ap)
     ap.add_argument('--run', default=None, help='run folder (its ppo/ or sft/ model and rag/index are used when present)')
     ap.add_argument('--model', default=None, help='a LoRA adapter folder or a merged model folder to serve instead')
@@ -488,13 +711,21 @@ def serve_main(argv:list[str]|None=None) -> int:
     ap.add_argument('--host', default='127.0.0.1'); ap.add_argument('--port', type=int, default=8000)
     ap.add_argument('--workers', type=int, default=1); ap.add_argument('--queue', type=int, default=8)
     ap.add_argument('--max-tokens-limit', type=int, default=512)
+    ap.add_argument('--grace', type=float, default=dflt.shutdown_grace_s,
+                    help='seconds in-flight requests get after SIGTERM or Ctrl-C before they are cancelled')
     a = ap.parse_args(argv)
+    for opt, path in (('--run', a.run), ('--model', a.model)):
+        if path is not None and not Path(path).is_dir():
+            why = 'is a file, not a folder' if Path(path).exists() else 'no such folder'
+            print(f'dnf-rlhf serve: error: {opt} {path}: {why}', file=sys.stderr)
+            return 2
     from dnf_rlhf.rag import project_index
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
     run = run_from_args(a, a.run)
     preset, project = run.preset, run.project
     cfg = ServeConfig(host=a.host, port=a.port, workers=a.workers, queue_size=a.queue, max_tokens_limit=a.max_tokens_limit,
-                      retrieval=not a.no_retrieval, persona=project.persona, fit_tokens=preset.sft.max_len)
+                      retrieval=not a.no_retrieval, persona=project.persona, fit_tokens=preset.sft.max_len,
+                      shutdown_grace_s=a.grace)
     if a.host not in ('127.0.0.1', 'localhost', '::1') and not os.environ.get(cfg.api_key_env):
         log.warning('binding %s without an API key: anyone who can reach this port can use the model (set %s)', a.host, cfg.api_key_env)
     model, tok, what = load_chat_model(run, a.model)
@@ -504,5 +735,6 @@ def serve_main(argv:list[str]|None=None) -> int:
         log.info('index: %d chunks (%s)', len(retriever.chunks), 'rebuilt' if rebuilt else 'loaded')
     log.info('serving %s on http://%s:%d/v1 (auth %s)', what, a.host, a.port, 'on' if os.environ.get(cfg.api_key_env) else 'off')
     import uvicorn
-    uvicorn.run(make_app(Engine(model, tok, retriever, cfg)), host=a.host, port=a.port, log_level='info')
+    uvicorn.run(make_app(Engine(model, tok, retriever, cfg)), host=a.host, port=a.port, log_level='info',
+                timeout_graceful_shutdown=a.grace)
     return 0
