@@ -15,15 +15,15 @@ from typing import Any, Callable
 
 # %% auto #0
 __all__ = ['BASE_MODELS', 'PRESETS', 'SIZES', 'EXPECTED', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'PROJECT_PATHS',
-           'PROJECT_TEXT', 'MANIFEST', 'METRICS', 'STAGES', 'in_test', 'UserError', 'ArgParser', 'user_errors',
-           'cli_main', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape', 'RolloutShape',
-           'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware', 'Policy', 'device_policy',
-           'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware', 'package_versions',
-           'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path', 'save_json', 'load_json', 'file_hash',
-           'code_hash', 'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done', 'stage_output',
-           'Stage', 'register', 'get_stage', 'chat_stages', 'MissingArtifactError', 'cached_build', 'parse_overrides',
-           'Run', 'run_stage', 'stage_table', 'stale_reasons', 'built_on', 'stale_stages', 'add_run_args',
-           'run_from_args', 'notebook_run', 'quality_check', 'set_seed']
+           'PROJECT_TEXT', 'MANIFEST', 'METRICS', 'BASE_ONLY', 'STAGES', 'in_test', 'UserError', 'ArgParser',
+           'user_errors', 'cli_main', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape',
+           'RolloutShape', 'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware', 'Policy',
+           'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware',
+           'package_versions', 'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path', 'save_json', 'load_json',
+           'file_hash', 'code_hash', 'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done',
+           'stage_output', 'Stage', 'register', 'get_stage', 'chat_stages', 'MissingArtifactError', 'cached_build',
+           'parse_overrides', 'Run', 'run_stage', 'stage_table', 'stale_reasons', 'built_on', 'stale_stages',
+           'add_run_args', 'folder_path', 'run_from_args', 'notebook_run', 'quality_check', 'set_seed']
 
 # %% ../nbs/91_core.ipynb #ed0ff524
 def in_test() -> bool:
@@ -505,6 +505,8 @@ def stage_output(run_dir, stage:str):
     os.replace(part, final)
 
 # %% ../nbs/91_core.ipynb #6c7aa9b8
+BASE_ONLY = ('quantization',)  # preset fields only a stage that loads the base depends on (its key and staleness)
+
 @dataclass(frozen=True)
 class Stage:
     "A pipeline stage, declared once beside its code: the CLI, cache keys, error messages, evaluation and serving read it."
@@ -515,7 +517,7 @@ class Stage:
     needs: tuple = ()  # stages whose artifacts it reads
     inputs: tuple = ()  # project files it reads (names for `ProjectConfig.input_path`): in its cache key and manifest
     code: tuple = ()  # package modules whose source decides the artifact: in its cache key
-    on_base: bool = True  # it loads the base model, so the base is part of its cache key
+    on_base: bool = True  # it loads the base model, so the base (and `BASE_ONLY` preset fields) is part of its cache key
     cached: bool = False  # tiny presets build it once in the cache and copy it into each run
     chat_model: bool = False  # its artifact is a chat model (`adapter/`): evaluated and servable
     check: Callable|None = None  # `check(run)` raises, up front, when the stage cannot run on this preset or device
@@ -613,7 +615,7 @@ class Run:
         "Cache key of stage `name`: preset, project, config, input files, the keys of its needs, the base, its code."
         st = get_stage(name)
         inputs = [file_hash(p) if (p := self.project.input_path(i)).exists() else None for i in st.inputs]
-        preset = self.preset if st.on_base else replace(self.preset, quantization=None)  # it never loads the base in 4 bits
+        preset = self.preset if st.on_base else replace(self.preset, **{f: None for f in BASE_ONLY})
         return config_hash(name, preset, self.project, self.cfg(name), inputs, [self.key(n) for n in st.needs],
                            self.base_key() if st.on_base else None, [code_hash(package_dir()/c) for c in st.code])
 
@@ -678,7 +680,7 @@ def stale_reasons(run:Run, name:str) -> list[str]:
     proj = m.get('project') or {}
     why += [f"project {k} changed" for k in PROJECT_TEXT if k in proj and proj[k] != getattr(run.project, k)]
     if 'preset' in m:
-        drop = () if st.on_base else ('quantization',)  # as in its cache key: a stage without the base ignores it
+        drop = () if st.on_base else BASE_ONLY  # as in its cache key
         if diff := [k for k in _changed(m['preset'] or {}, _plain(run.preset)) if k not in drop]:
             why.append(f"preset changed ({', '.join(diff)}: {(m['preset'] or {}).get('name')} -> {run.preset.name})")
     if 'config' in m and (diff := _changed(m['config'] or {}, _plain(run.cfg(name)) or {})):
@@ -707,11 +709,16 @@ def add_run_args(ap):
                     help="override a stage setting, e.g. --set ppo.steps=50 --set sft.lr=1e-4 (repeatable)")
     return ap
 
+def folder_path(path, flag:str) -> Path:
+    "`path` as a folder to write into; a `UserError` naming `flag` when a file stands where it or a parent should be."
+    if blocked := next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()), None):
+        raise UserError(f"{blocked}: is a file, not a folder; {flag} must be a folder")
+    return Path(path)
+
 def run_from_args(a, run_dir=None) -> Run:
     "The `Run` that parsed options `a` describe, in the folder `run_dir` (a file in its way is a `UserError`)."
     if run_dir is not None:
-        blocked = next((p for p in [Path(run_dir), *Path(run_dir).parents] if p.exists() and not p.is_dir()), None)
-        if blocked: raise UserError(f"{blocked}: is a file, not a folder; --out must be a run folder")
+        folder_path(run_dir, '--out')
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
     return Run(preset_from_args(a), project, run_dir, parse_overrides(a.set))
 

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from tqdm.auto import tqdm
 from fastcore.basics import patch
-from .core import DNF_PERSONA, ProjectConfig, UserError, ArgParser, cli_main, atomic_path, save_json, load_json
+from .core import DNF_PERSONA, ProjectConfig, UserError, ArgParser, cli_main, folder_path, atomic_path, save_json, load_json
 from .lore import Chunk, load_corpus, chunk_corpus, load_facts
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RetrievalRecord, RecordError, LEAKY_TOKENS, write_jsonl,
                               read_jsonl, held_out_docs, split_by_doc, filter_near_duplicates, DNF_TEST_DOCS)
@@ -959,21 +959,18 @@ def generate_cli(argv:list[str]) -> int:
     ap.add_argument('--cache-dir', default=None, help='response cache folder (default: OUT/cache)')
     ap.add_argument('--debug', action='store_true', help='show the traceback of an input error')
     a = ap.parse_args(argv)
-    if a.limit is not None and a.limit < 1:
-        raise UserError(f"--limit must be at least 1 (leave it out for every chunk), got {a.limit}")
     if a.self_instruct < 0: raise UserError(f"--self-instruct must be at least 0, got {a.self_instruct}")
     if a.seeds and not Path(a.seeds).is_file(): raise UserError(f"{a.seeds}: seed file (--seeds) not found")
-    if blocked := next((p for p in [Path(a.out), *Path(a.out).parents] if p.exists() and not p.is_dir()), None):
-        raise UserError(f"{blocked}: is a file, not a folder; --out must be a folder")
+    folder_path(a.out, '--out')
     over = {f.name: getattr(a, f.name) for f in fields(GenConfig) if getattr(a, f.name, None) is not None}
     try: prices = {m: (float(i), float(o)) for m, i, o in a.price}
     except ValueError as e: raise UserError(f"--price: {e}") from None
     cfg = GenConfig.from_env(**over, prices=prices).check()
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
     try:
+        chunks = select_chunks(chunk_corpus(load_corpus(project.corpus_path())), a.limit)  # a bad --limit: before any file
         gen = Generator(a.out, cfg, progress=not a.no_progress)
-        chunks = chunk_corpus(load_corpus(project.corpus_path()))
-        jobs = chunk_jobs(select_chunks(chunks, a.limit), a.tasks, project.persona)
+        jobs = chunk_jobs(chunks, a.tasks, project.persona)
         seeds = load_seed_tasks(a.seeds) if a.seeds else [f.question for f in load_facts(project.facts_file())] if a.self_instruct else []
         if a.dry_run:
             est = gen.estimate(jobs)
