@@ -7,8 +7,8 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/serving.html.md"""
 
 # %% ../nbs/07_serving.ipynb #2f0040c3
 from __future__ import annotations
-import argparse, asyncio, hmac, json, logging, os, queue, re, sys, threading, time, uuid
-from contextlib import asynccontextmanager, contextmanager, nullcontext
+import argparse, asyncio, concurrent.futures, hmac, json, logging, os, re, sys, threading, time, uuid
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from .core import *
 from .chat import render_prompt, prepare_tokenizer
 from .rag import Retriever, build_context
@@ -26,11 +27,11 @@ log = logging.getLogger('dnf_rlhf.serve')
 
 # %% auto #0
 __all__ = ['log', 'GUARD_REPLY', 'HATEFUL_TERMS', 'ROLES', 'UText', 'ERRORS', 'ServeConfig', 'guard_hits', 'is_hateful',
-           'load_model_dir', 'load_chat_model', 'Job', 'Engine', 'with_context', 'n_tokens', 'valid_unicode',
-           'ContentPart', 'ChatMessage', 'StreamOptions', 'ResponseFormat', 'ChatRequest', 'QueryRequest',
-           'RequestError', 'error_param', 'validation_error', 'prepare_job', 'ErrorDetail', 'ErrorResponse',
-           'AnswerMessage', 'Choice', 'Usage', 'ChatCompletion', 'QueryResponse', 'error_response', 'make_app',
-           'BackgroundServer', 'serve_main']
+           'load_model_dir', 'for_serving', 'load_chat_model', 'Job', 'Engine', 'with_context', 'n_tokens', 'encode',
+           'forward_cached', 'stack_batches', 'keep_rows', 'draw', 'valid_unicode', 'ContentPart', 'ChatMessage',
+           'StreamOptions', 'ResponseFormat', 'ChatRequest', 'QueryRequest', 'RequestError', 'error_param',
+           'validation_error', 'prepare_job', 'ErrorDetail', 'ErrorResponse', 'AnswerMessage', 'Choice', 'Usage',
+           'ChatCompletion', 'QueryResponse', 'error_response', 'make_app', 'BackgroundServer', 'serve_main']
 
 # %% ../nbs/07_serving.ipynb #4c626dc0
 GUARD_REPLY = ("그런 말씀에는 함께할 수 없어요. 누군가를 깎아내리거나 해치는 이야기 대신, 던전앤파이터 세계관에서 궁금한 "
@@ -42,7 +43,8 @@ class ServeConfig:
     host: str = '127.0.0.1'  # bind address; '0.0.0.0' exposes the server to the network (set an API key first)
     port: int = 8000  # TCP port (0: any free port)
     model_name: str = 'dnf-rlhf'  # model id reported by /v1/models and in responses
-    workers: int = 1  # generation threads sharing the model (one request each at a time)
+    batch_size: int = 8  # requests generated together (continuous batching; 1: one at a time)
+    encode_threads: int = 2  # threads that retrieve passages and tokenise prompts while the batch generates
     queue_size: int = 8  # admitted requests that may wait beyond those being generated; more get 503
     retry_after_s: int = 2  # Retry-After header (seconds) on a 503
     request_timeout_s: float = 120.0  # longest a request waits for its answer (504 after that); also caps generation time
@@ -92,18 +94,27 @@ def load_model_dir(path, run:Run):
     if (path/'config.json').exists(): return load_pretrained(run, source=path)[:2]
     raise FileNotFoundError(f"{path}: neither a LoRA adapter (adapter_config.json) nor a model (config.json)")
 
+def for_serving(model):
+    "`model` with its LoRA adapter merged into the base (W + BA once: no extra matmuls per token), unless the base is 4-bit."
+    if hasattr(model, 'merge_and_unload') and not getattr(model.get_base_model(), 'is_quantized', False):
+        return model.merge_and_unload()
+    return model
+
 def load_chat_model(run:Run, model_path=None) -> tuple[Any, Any, str]:
-    "(model, tokenizer, what): `model_path`, else the run's latest finished chat-model stage (PPO before SFT), else the first one (built on tiny when absent)."
+    "(model ready to serve, tokenizer, what): `model_path`, else the run's latest finished chat-model stage (PPO before SFT), else the first one (built on tiny when absent)."
     from dnf_rlhf import sft, ppo  # register the chat-model stages
     from dnf_rlhf.models import load_chat
-    if model_path: return (*load_model_dir(model_path, run), str(model_path))
-    for name in reversed(chat_stages()):
-        d = run.dir/name if run.dir is not None else None
-        if d is None or not stage_done(d): continue
-        for sub in ('merged', 'adapter'):
-            if (d/sub).is_dir(): return (*load_model_dir(d/sub, run), str(d/sub))
-    first = chat_stages()[0]
-    return (*load_chat(run, first), str(run.artifact(first)/'adapter'))
+    def found():
+        if model_path: return (*load_model_dir(model_path, run), str(model_path))
+        for name in reversed(chat_stages()):
+            d = run.dir/name if run.dir is not None else None
+            if d is None or not stage_done(d): continue
+            for sub in ('merged', 'adapter'):
+                if (d/sub).is_dir(): return (*load_model_dir(d/sub, run), str(d/sub))
+        first = chat_stages()[0]
+        return (*load_chat(run, first), str(run.artifact(first)/'adapter'))
+    model, tok, what = found()
+    return for_serving(model), tok, what
 
 # %% ../nbs/07_serving.ipynb #d4e1cbb0
 @dataclass
@@ -115,10 +126,12 @@ class Job:
     max_new_tokens: int  # answer length limit
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0  # nucleus sampling
-    seed: int|None = None  # sampling seed (reproducible with one worker)
+    seed: int|None = None  # sampling seed: the same seed gives the same answer, whatever shares the batch
     loop: Any = None  # the event loop of the request
     events: Any = None  # asyncio.Queue of (kind, data): ('sources', ids), ('delta', text), ('done', info), ('error', msg)
     cancel: threading.Event = field(default_factory=threading.Event)  # set when the client is gone or timed out
+    prompt_ids: list[int]|None = None  # the prompt's tokens, passages included (set by `Engine.encode`)
+    sources: list[str] = field(default_factory=list)  # ids of the retrieved chunks in the prompt
 
     def emit(self, kind:str, data):
         "Hand `(kind, data)` to the request's event loop (thread-safe); a closed loop cancels the job."
@@ -126,74 +139,64 @@ class Job:
         except RuntimeError: self.cancel.set()
 
 # %% ../nbs/07_serving.ipynb #ad4e7434
-class _Deltas:
-    "A transformers streamer that emits the new text of the answer after every token."
-    def __init__(self, tokenizer, emit):
-        self.tok, self.emit, self.ids, self.sent, self.prompt_seen = tokenizer, emit, [], '', False
+class _Answer:
+    "One row's answer: its tokens, and the text each new token adds."
+    def __init__(self, tokenizer): self.tok, self.ids, self.sent = tokenizer, [], ''
 
-    def text(self) -> str:
-        ids = [i for i in self.ids if i != self.tok.eos_token_id]
-        return self.tok.decode(ids, skip_special_tokens=True).lstrip()
+    def text(self) -> str: return self.tok.decode(self.ids, skip_special_tokens=True).lstrip()
 
-    def put(self, value):
-        if not self.prompt_seen: self.prompt_seen = True; return  # the first call carries the prompt
-        if self.tok.eos_token_id in self.ids: return
-        self.ids += value.reshape(-1).tolist()
-        self._flush(final=False)
-
-    def _flush(self, final:bool):
+    def add(self, token:int|None, final:bool=False) -> str:
+        "Append `token` (None: none); the new text to stream ('' while it ends in a partial character, unless `final`)."
+        if token is not None: self.ids.append(token)
         t = self.text()
-        if not final and t.endswith('\ufffd'): return
-        if t.startswith(self.sent) and len(t) > len(self.sent):
-            self.emit(t[len(self.sent):]); self.sent = t
-
-    def end(self): self._flush(final=True)
-
-def _stop_when(event:threading.Event):
-    "A stopping criterion that ends generation once `event` is set."
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList
-    class _Cancelled(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kw):
-            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
-    return StoppingCriteriaList([_Cancelled()])
+        if (t.endswith('\ufffd') and not final) or not t.startswith(self.sent): return ''
+        new, self.sent = t[len(self.sent):], t
+        return new
 
 # %% ../nbs/07_serving.ipynb #e83927b0
 class Engine:
-    "The model, its tokenizer and the retriever behind worker threads, with admission control."
+    "The model, its tokenizer and the retriever behind one batching thread, with admission control."
     def __init__(self, model, tokenizer, retriever:Retriever|None=None, cfg:ServeConfig|None=None):
         self.model, self.tok, self.retriever, self.cfg = model, tokenizer, retriever, cfg or ServeConfig()
         self.context_limit = int(getattr(model.config, 'max_position_embeddings', None) or tokenizer.model_max_length)
         self.fit_tokens = min(self.cfg.fit_tokens or self.context_limit, self.context_limit)
-        self._jobs: queue.Queue = queue.Queue()
-        self._lock, self._in_system, self._threads = threading.Lock(), 0, []
-        self._current: dict[int, Job] = {}  # worker thread id -> the job it holds
+        self.batch_size = self.cfg.batch_size if _stackable_cache(model) else 1
+        if self.batch_size < self.cfg.batch_size:
+            log.warning('%s keeps a sliding-window KV cache: requests are generated one at a time', type(model).__name__)
+        self._waiting: list[Job] = []  # encoded jobs waiting for a row of the batch (guarded by `_cond`)
+        self._cond = threading.Condition()  # notified when a job is queued or the engine stops
+        self._lock, self._in_system, self._thread, self._encoders = threading.Lock(), 0, None, None
+        self._rows: list[_Row] = []  # the running batch, in the order of its KV-cache rows
         self._running = threading.Event(); self._running.set()  # cleared inside `paused()`
         self._stopping = threading.Event()
-        self._seed_lock = threading.Lock()
         self.served = self.rejected = 0  # requests answered by the model / turned away with 503
+        self.peak_batch = 0  # most rows generated together so far
         model.eval()
 
     @property
-    def capacity(self) -> int: return self.cfg.queue_size + self.cfg.workers
+    def capacity(self) -> int: return self.cfg.queue_size + self.batch_size
 
     @property
     def in_system(self) -> int: return self._in_system
 
     def start(self) -> 'Engine':
-        "Start the worker threads."
+        "Start the encoder threads and the batching thread."
         self._stopping.clear()
-        self._threads = [threading.Thread(target=self._work, name=f'dnf-rlhf-gen-{i}', daemon=True) for i in range(self.cfg.workers)]
-        for t in self._threads: t.start()
+        self._encoders = concurrent.futures.ThreadPoolExecutor(self.cfg.encode_threads, thread_name_prefix='dnf-rlhf-encode')
+        self._thread = threading.Thread(target=self._loop, name='dnf-rlhf-batch', daemon=True)
+        self._thread.start()
         return self
 
     def stop(self, timeout:float=30.0):
-        "Stop the workers: running generations end at their next token, waiting jobs get a 503."
+        "Stop: rows being generated end at their next token, waiting jobs get a 503."
         self._stopping.set(); self._running.set()
-        for job in list(self._current.values()): job.cancel.set()
-        for _ in self._threads: self._jobs.put(None)
-        for t in self._threads: t.join(timeout)
-        self._threads = []
+        for row in list(self._rows): row.job.cancel.set()
+        with self._cond: self._cond.notify_all()
+        if self._thread: self._thread.join(timeout)
+        if self._encoders: self._encoders.shutdown(wait=False, cancel_futures=True)
+        self._thread = self._encoders = None
+        with self._cond: waiting, self._waiting = self._waiting, []
+        for job in waiting: self._refuse(job)  # admitted but never generated: refused, not left hanging
 
     def try_admit(self) -> bool:
         "Take a place for one request; False (the caller answers 503) when `capacity` requests are already in."
@@ -204,13 +207,16 @@ class Engine:
     def _release(self):
         with self._lock: self._in_system -= 1
 
+    def _refuse(self, job:Job):
+        job.emit('error', dict(status=503, message='the server is shutting down', code='shutting_down')); self._release()
+
     def submit(self, job:Job):
-        "Queue an admitted job."
-        self._jobs.put(job)
+        "Hand an admitted job to an encoder thread; it joins the batch once its prompt is ready."
+        self._encoders.submit(self._encode_and_queue, job)
 
     @contextmanager
     def paused(self):
-        "Inside the block the workers start no new job (admitted jobs wait); used for maintenance and to fill the queue in tests."
+        "Inside the block no job joins the batch (admitted jobs wait); used for maintenance and to fill the queue in tests."
         self._running.clear()
         try: yield self
         finally: self._running.set()
@@ -229,55 +235,176 @@ def _budget(self:Engine, messages:list[dict], max_new_tokens:int) -> int:
     bare = n_tokens(self.tok, render_prompt(self.tok, with_context(messages, '-')))
     return min(max(self.fit_tokens - bare - max_new_tokens, self.cfg.min_context_tokens), self.context_limit - bare - 1)
 
-def _run(self:Engine, job:Job):
-    import torch
-    ids, msgs = [], job.messages
+def encode(self:Engine, job:Job) -> Job:
+    "Retrieve passages for `job` within the token budget, then render and tokenise its prompt (`prompt_ids`, `sources`)."
+    msgs = job.messages
     if job.retrieval and self.retriever is not None:
         budget = self._budget(msgs, job.max_new_tokens)
         if budget > 0:
-            context, ids = build_context(self.retriever.search(job.query, k=self.cfg.top_k), self.tok, budget, job.query)
+            context, job.sources = build_context(self.retriever.search(job.query, k=self.cfg.top_k), self.tok, budget, job.query)
             msgs = with_context(msgs, context)
-    job.emit('sources', ids)
-    enc = self.tok(render_prompt(self.tok, msgs), return_tensors='pt', add_special_tokens=False).to(self.model.device)
-    n_prompt = int(enc['input_ids'].shape[1])
-    max_new = max(1, min(job.max_new_tokens, self.context_limit - n_prompt))  # passages stay; a long answer shrinks
-    streamer = _Deltas(self.tok, lambda t: job.emit('delta', t))
-    sample = job.temperature >= 1e-3  # below, logits / temperature overflows float32 (NaN probabilities): greedy
-    kw = dict(do_sample=True, temperature=job.temperature, top_p=job.top_p) if sample else dict(do_sample=False)
-    with torch.no_grad(), self._seed_lock if job.seed is not None else nullcontext():  # a seed means: no other sampling in between
-        if job.seed is not None: torch.manual_seed(job.seed)
-        self.model.generate(**enc, max_new_tokens=max_new, streamer=streamer, use_cache=True,
-                            stopping_criteria=_stop_when(job.cancel), max_time=self.cfg.request_timeout_s,
-                            pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id, **kw)
-    ended = self.tok.eos_token_id in streamer.ids
-    n_answer = streamer.ids.index(self.tok.eos_token_id) + 1 if ended else len(streamer.ids)
-    job.emit('done', dict(text=streamer.text(), finish_reason='stop' if ended else 'length', sources=ids,
-                          prompt_tokens=n_prompt, completion_tokens=n_answer, max_tokens=max_new))
+    job.prompt_ids = self.tok(render_prompt(self.tok, msgs), add_special_tokens=False)['input_ids']
+    return job
 
-def _work(self:Engine):
-    "Worker loop: take a job, run it unless cancelled, free its place."
-    me = threading.get_ident()
-    while True:
-        job = self._jobs.get()
-        if job is None: return
-        self._current[me] = job  # before the stop check: `stop()` cancels it, or this loop sees `_stopping`
-        try:
-            while not self._running.wait(0.1):
-                if self._stopping.is_set() or job.cancel.is_set(): break
-            if self._stopping.is_set():
-                job.emit('error', dict(status=503, message='the server is shutting down', code='shutting_down'))
-                continue
-            if not job.cancel.is_set():
-                self._run(job)
-                self.served += 1
-        except Exception as e:
-            log.exception('generation failed')
-            msg = f'generation failed: {type(e).__name__}: {e}'
-            job.emit('error', dict(status=500, message=msg, code='generation_failed'))
-        finally:
-            self._current.pop(me, None); self._release()
+def _encode_and_queue(self:Engine, job:Job):
+    "Encoder thread: encode `job` and queue it for the batch; an error answers it (500) and frees its place."
+    if job.cancel.is_set(): return self._release()  # its client left before it was encoded
+    if self._stopping.is_set(): return self._refuse(job)
+    try: job = self.encode(job)
+    except Exception as e:
+        log.exception('encoding failed')
+        job.emit('error', dict(status=500, message=f'retrieval failed: {type(e).__name__}: {e}', code='encoding_failed'))
+        return self._release()
+    with self._cond: self._waiting.append(job); self._cond.notify()
 
-Engine._budget, Engine._run, Engine._work = _budget, _run, _work
+Engine._budget, Engine.encode, Engine._encode_and_queue = _budget, encode, _encode_and_queue
+
+# %% ../nbs/07_serving.ipynb #c8d2e3f4
+_CACHE_ARG = 'cache' if 'cache' in CausalLMOutputWithPast.__dataclass_fields__ else 'past_key_values'  # renamed in 5.x
+
+def _stackable_cache(model) -> bool:
+    "True when every layer of the model's KV cache is a plain full-attention layer, whose rows can be padded and stacked."
+    from transformers import DynamicCache
+    try: return all(type(layer).__name__ == 'DynamicLayer' for layer in DynamicCache(config=model.config).layers)
+    except Exception: return False
+
+def forward_cached(model, input_ids, mask, position_ids, kv=None):
+    "One forward with a KV cache (None: a new one): the logits of each row's last position (B, V) and the cache."
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
+                **({_CACHE_ARG: kv} if kv is not None else {}))
+    return out.logits[:, -1], getattr(out, _CACHE_ARG)
+
+def _left_pad_to(x, S:int, dim:int):
+    "`x` with zeros before its first index along `dim`, up to length `S`."
+    import torch
+    shape = list(x.shape); shape[dim] = S - x.shape[dim]
+    return torch.cat([x.new_zeros(shape), x], dim) if shape[dim] else x
+
+def stack_batches(kv, mask, kv2, mask2):
+    "One batch from two: caches (B, H, S, D) and masks (B, S) left-padded to the longer length, `kv2`'s rows after `kv`'s."
+    import torch
+    S = max(mask.shape[1], mask2.shape[1])
+    for a, b in zip(kv.layers, kv2.layers):
+        a.keys = torch.cat([_left_pad_to(a.keys, S, 2), _left_pad_to(b.keys, S, 2)])
+        a.values = torch.cat([_left_pad_to(a.values, S, 2), _left_pad_to(b.values, S, 2)])
+    return kv, torch.cat([_left_pad_to(mask, S, 1), _left_pad_to(mask2, S, 1)])
+
+def keep_rows(kv, mask, keep):
+    "The batch with only the rows `keep` (B',): their cache and mask, without the leading columns none of them uses."
+    mask = mask[keep]
+    c = int(mask.any(0).long().argmax())  # the first column a remaining row uses
+    for layer in kv.layers: layer.keys, layer.values = layer.keys[keep, :, c:], layer.values[keep, :, c:]
+    return kv, mask[:, c:]
+
+# %% ../nbs/07_serving.ipynb #e0f4a5b6
+def draw(logits, temperature:float, top_p:float, gen) -> int:
+    "One token from softmax(logits / temperature) (V,), kept to the smallest set whose probability reaches `top_p`."
+    import torch
+    p = torch.softmax(logits.float() / temperature, -1)
+    p, idx = p.sort(descending=True)
+    p[p.cumsum(0) - p >= top_p] = 0  # tokens after the nucleus (the first token always stays)
+    return int(idx[torch.multinomial(p, 1, generator=gen)])
+
+# %% ../nbs/07_serving.ipynb #b3c7d8e9
+@dataclass
+class _Row:
+    "A request in the running batch."
+    job: Job
+    answer: _Answer  # its tokens and the text already streamed
+    n_prompt: int  # prompt tokens, passages included
+    max_new: int  # answer limit: max_tokens, shrunk to what the model's context leaves
+    deadline: float  # `time.monotonic()` after which it stops with 'length'
+    gen: Any = None  # the torch.Generator of a sampled row (None: greedy)
+
+def _take(self:Engine) -> list[Job]|None:
+    "Encoded jobs for the free rows (waiting for one only while the batch is empty); None once the engine stops."
+    with self._cond:
+        while not self._stopping.is_set():
+            gone = [job for job in self._waiting if job.cancel.is_set()]  # clients that left while their job waited
+            for job in gone: self._waiting.remove(job); self._release()
+            free = self.batch_size - len(self._rows)
+            if free and self._waiting and self._running.is_set():  # paused: nothing joins
+                jobs, self._waiting = self._waiting[:free], self._waiting[free:]
+                return jobs
+            if self._rows: return []  # the batch goes on without new rows
+            self._cond.wait(0.1)
+    return None
+
+def _join(self:Engine, jobs:list[Job], kv, mask, logits):
+    "Prefill the prompts of `jobs` together and add their rows: (kv, mask, logits) of the whole batch."
+    import torch
+    from dnf_rlhf.ppo import left_pad, position_ids_from_mask
+    dev = self.model.device
+    for job in jobs:
+        n, gen = len(job.prompt_ids), None
+        if job.temperature >= 1e-3:  # below, logits / temperature overflows float32 (NaN probabilities): greedy
+            gen = torch.Generator(device=dev)
+            if job.seed is None: gen.seed()
+            else: gen.manual_seed(job.seed % 2**64)
+        self._rows.append(_Row(job, _Answer(self.tok), n, max(1, min(job.max_new_tokens, self.context_limit - n)),
+                               time.monotonic() + self.cfg.request_timeout_s, gen))
+        job.emit('sources', job.sources)
+    self.peak_batch = max(self.peak_batch, len(self._rows))
+    ids, new_mask = (x.to(dev) for x in left_pad([j.prompt_ids for j in jobs], self.tok.pad_token_id))  # (b, P)
+    new_logits, new_kv = forward_cached(self.model, ids, new_mask, position_ids_from_mask(new_mask))
+    if kv is None: return new_kv, new_mask, new_logits
+    kv, mask = stack_batches(kv, mask, new_kv, new_mask)
+    return kv, mask, torch.cat([logits, new_logits])
+
+def _pick(self:Engine, logits) -> list[int]:
+    "Every row's next token: argmax for a greedy row, a draw with its own generator for a sampled one."
+    tokens = logits.argmax(-1).tolist()
+    for i, row in enumerate(self._rows):
+        if row.gen is not None: tokens[i] = draw(logits[i], row.job.temperature, row.job.top_p, row.gen)
+    return tokens
+
+def _finish(self:Engine, row:_Row, ended:bool):
+    "The row's last piece and its final event; its place is free."
+    tail = row.answer.add(None, final=True)
+    if tail: row.job.emit('delta', tail)
+    row.job.emit('done', dict(text=row.answer.text(), finish_reason='stop' if ended else 'length', sources=row.job.sources,
+                              prompt_tokens=row.n_prompt, completion_tokens=len(row.answer.ids) + ended, max_tokens=row.max_new))
+    self.served += 1; self._release()
+
+def _advance(self:Engine, row:_Row, token:int) -> bool:
+    "Stream `token` of `row`; False (after its final event) at EOS, its limit, its deadline or when its client left."
+    ended = token == self.tok.eos_token_id
+    piece = '' if ended else row.answer.add(token)
+    if piece: row.job.emit('delta', piece)
+    if ended or len(row.answer.ids) >= row.max_new or row.job.cancel.is_set() or time.monotonic() > row.deadline:
+        self._finish(row, ended); return False
+    return True
+
+def _loop(self:Engine):
+    "The batching thread: new jobs join, every row gets its next token, finished rows leave, one forward for the rest."
+    import torch
+    kv = mask = logits = None  # the batch: KV cache, its attention mask (B, S), next-token logits (B, V)
+    with torch.no_grad():
+        while (jobs := self._take()) is not None:
+            try:
+                if jobs: kv, mask, logits = self._join(jobs, kv, mask, logits)  # 1-2. new requests join
+                if not self._rows: continue
+                tokens = self._pick(logits)  # 3. (B,)
+                keep = [i for i, (row, t) in enumerate(zip(self._rows, tokens)) if self._advance(row, t)]  # 4.
+                if len(keep) < len(self._rows):
+                    self._rows = [self._rows[i] for i in keep]
+                    if not keep: kv = mask = logits = None; continue
+                    kv, mask = keep_rows(kv, mask, torch.tensor(keep, device=mask.device))
+                new = torch.tensor([tokens[i] for i in keep], device=mask.device)[:, None]  # (B, 1)
+                position_ids = mask.sum(1, keepdim=True)  # (B, 1): a row's real tokens so far = the new token's position
+                mask = torch.cat([mask, mask.new_ones(len(keep), 1)], 1)  # (B, S + 1)
+                logits, kv = forward_cached(self.model, new, mask, position_ids, kv)  # 5.
+            except Exception as e:
+                log.exception('generation failed')
+                for row in self._rows:
+                    row.job.emit('error', dict(status=500, message=f'generation failed: {type(e).__name__}: {e}',
+                                               code='generation_failed'))
+                    self._release()
+                self._rows, kv, mask, logits = [], None, None, None
+    for row in self._rows: self._finish(row, False)  # stopped: each row ends where it is
+    self._rows = []
+
+Engine._take, Engine._join, Engine._pick, Engine._finish, Engine._advance, Engine._loop = _take, _join, _pick, _finish, _advance, _loop
 
 # %% ../nbs/07_serving.ipynb #d328538c
 ROLES = {'system': 'system', 'developer': 'system', 'user': 'user', 'assistant': 'assistant'}
@@ -544,7 +671,7 @@ def make_app(engine:Engine, api_key:str|None=None):
 
     @asynccontextmanager
     async def lifespan(app):
-        started = not engine._threads
+        started = engine._thread is None
         if started: engine.start()
         yield
         if started: engine.stop(timeout=cfg.shutdown_grace_s)
@@ -601,7 +728,8 @@ def make_app(engine:Engine, api_key:str|None=None):
     @app.get('/health')
     async def health():
         return {'status': 'ok', 'model': cfg.model_name, 'retrieval': engine.retriever is not None and cfg.retrieval,
-                'in_system': engine.in_system, 'capacity': engine.capacity, 'workers': cfg.workers}
+                'in_system': engine.in_system, 'capacity': engine.capacity, 'batch_size': engine.batch_size,
+                'peak_batch': engine.peak_batch}
 
     @app.get('/v1/models')
     async def models():
@@ -709,7 +837,8 @@ def serve_main(argv:list[str]|None=None) -> int:
     ap.add_argument('--index', default=None, help='retrieval index folder (default: the run\'s, else a cached one; rebuilt when stale)')
     ap.add_argument('--no-retrieval', action='store_true', help='answer closed-book')
     ap.add_argument('--host', default='127.0.0.1'); ap.add_argument('--port', type=int, default=8000)
-    ap.add_argument('--workers', type=int, default=1); ap.add_argument('--queue', type=int, default=8)
+    ap.add_argument('--batch', type=int, default=dflt.batch_size, help='requests generated together (1: one at a time)')
+    ap.add_argument('--queue', type=int, default=dflt.queue_size, help='admitted requests that may wait beyond the batch')
     ap.add_argument('--max-tokens-limit', type=int, default=512)
     ap.add_argument('--grace', type=float, default=dflt.shutdown_grace_s,
                     help='seconds in-flight requests get after SIGTERM or Ctrl-C before they are cancelled')
@@ -723,7 +852,7 @@ def serve_main(argv:list[str]|None=None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
     run = run_from_args(a, a.run)
     preset, project = run.preset, run.project
-    cfg = ServeConfig(host=a.host, port=a.port, workers=a.workers, queue_size=a.queue, max_tokens_limit=a.max_tokens_limit,
+    cfg = ServeConfig(host=a.host, port=a.port, batch_size=a.batch, queue_size=a.queue, max_tokens_limit=a.max_tokens_limit,
                       retrieval=not a.no_retrieval, persona=project.persona, fit_tokens=preset.sft.max_len,
                       shutdown_grace_s=a.grace)
     if a.host not in ('127.0.0.1', 'localhost', '::1') and not os.environ.get(cfg.api_key_env):

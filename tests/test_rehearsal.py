@@ -17,6 +17,7 @@ def _served_answer(run) -> tuple:
     "One chat request through the real `openai` client to the server on 127.0.0.1 loading the run's PPO model."
     from dnf_rlhf.serve import BackgroundServer, Engine, ServeConfig, load_chat_model, make_app
     model, tok, what = load_chat_model(run)
+    assert hasattr(model, 'peft_config')  # a 4-bit base keeps its adapter (merging would need re-quantizing)
     engine = Engine(model, tok, None, ServeConfig(fit_tokens=run.preset.sft.max_len, retrieval=False))
     with BackgroundServer(make_app(engine)) as srv:
         c = openai.OpenAI(base_url=srv.base_url, api_key='unused', max_retries=0, timeout=300)

@@ -66,7 +66,7 @@ def test_sources_are_the_chunks_given_and_retrieval_can_be_turned_off(serve):
         assert httpx.post(f'{srv.url}/query', json={'query': '머크우드는?'}, timeout=120).json()['sources'] == []
 
 def test_health_and_models(serve):
-    with serve(queue_size=3, workers=1) as (srv, _):
+    with serve(queue_size=3, batch_size=1) as (srv, _):
         h = httpx.get(f'{srv.url}/health', timeout=10).json()
         assert h['status'] == 'ok' and h['capacity'] == 4 and h['in_system'] == 0
         assert [m.id for m in _client(srv).models.list()] == ['dnf-rlhf']
@@ -128,9 +128,9 @@ def _wait(cond, limit=60.0):
 
 def test_full_queue_answers_503_with_retry_after(serve):
     N, Q_SIZE, W = 7, 2, 1
-    with serve(queue_size=Q_SIZE, workers=W, retry_after_s=3) as (srv, engine):
+    with serve(queue_size=Q_SIZE, batch_size=W, retry_after_s=3) as (srv, engine):
         with concurrent.futures.ThreadPoolExecutor(N) as ex:
-            with engine.paused():  # the workers start nothing: the queue fills
+            with engine.paused():  # nothing joins the batch: the queue fills
                 futs = [ex.submit(_post, f'{srv.base_url}/chat/completions') for _ in range(N)]
                 _wait(lambda: engine.rejected == N - (Q_SIZE + W) and engine.in_system == Q_SIZE + W)
                 assert httpx.get(f'{srv.url}/health', timeout=10).json()['in_system'] == Q_SIZE + W  # the loop still answers
@@ -140,9 +140,9 @@ def test_full_queue_answers_503_with_retry_after(serve):
         assert results.count((200, None)) == Q_SIZE + W and results.count((503, '3')) == N - Q_SIZE - W
         _wait(lambda: engine.in_system == 0)
 
-def test_burst_at_least_queue_plus_workers_succeed_none_hang(serve):
+def test_burst_at_least_queue_plus_batch_succeed_none_hang(serve):
     N, Q_SIZE, W = 8, 2, 1
-    with serve(queue_size=Q_SIZE, workers=W) as (srv, engine):
+    with serve(queue_size=Q_SIZE, batch_size=W) as (srv, engine):
         with concurrent.futures.ThreadPoolExecutor(N) as ex:
             results = list(ex.map(lambda _: _post(f'{srv.base_url}/chat/completions'), range(N), timeout=600))
         ok, busy = results.count((200, None)), [r for r in results if r[0] == 503]
@@ -151,7 +151,7 @@ def test_burst_at_least_queue_plus_workers_succeed_none_hang(serve):
         _wait(lambda: engine.in_system == 0)
 
 def test_503_through_the_openai_client(serve):
-    with serve(queue_size=0, workers=1) as (srv, engine):
+    with serve(queue_size=0, batch_size=1) as (srv, engine):
         with concurrent.futures.ThreadPoolExecutor(1) as ex:
             with engine.paused():
                 first = ex.submit(_post, f'{srv.base_url}/chat/completions')
@@ -159,6 +159,43 @@ def test_503_through_the_openai_client(serve):
                 with pytest.raises(openai.APIStatusError) as e: _client(srv).chat.completions.create(model='x', messages=Q)
                 assert e.value.status_code == 503 and e.value.response.headers['retry-after'] == '2'
             assert first.result(timeout=300)[0] == 200
+
+QUESTIONS = ['바칼의 본모습은 무엇인가요?', '머크우드는 어떤 곳인가요?', '카잔은 누구인가요?', '겐트는 어떤 곳인가요?',
+             '힐더는 누구인가요?', '시로코는 누구인가요?']
+
+def _together(srv, engine, bodies:list[dict]) -> list[dict]:
+    "Send `bodies` at once while the engine is paused, so that all of them join one batch; their JSON answers."
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as ex:
+        with engine.paused():
+            futs = [ex.submit(lambda b: httpx.post(f'{srv.base_url}/chat/completions', json=b, timeout=300), b) for b in bodies]
+            _wait(lambda: len(engine._waiting) == len(bodies))  # all admitted and encoded, none generating
+        return [f.result().json() for f in futs]
+
+def test_greedy_answers_are_the_same_batched_or_alone(serve):
+    bodies = [{'messages': [{'role': 'user', 'content': q}], 'max_tokens': 24} for q in QUESTIONS]
+    with serve(batch_size=8) as (srv, engine):
+        alone = [httpx.post(f'{srv.base_url}/chat/completions', json=b, timeout=300).json() for b in bodies]
+        assert engine.peak_batch == 1
+        together = _together(srv, engine, bodies)
+        assert engine.peak_batch == len(bodies)  # one batch of six rows of different prompt lengths
+        with concurrent.futures.ThreadPoolExecutor(len(bodies)) as ex:  # clients that come and go: rows join mid-answer
+            rounds = list(ex.map(lambda k: [httpx.post(f'{srv.base_url}/chat/completions', json=bodies[(k + i) % len(bodies)],
+                                                       timeout=300).json() for i in range(len(bodies))], range(len(bodies))))
+    assert len({a['usage']['prompt_tokens'] for a in alone}) > 1
+    assert [t['choices'][0]['message']['content'] for t in together] == [a['choices'][0]['message']['content'] for a in alone]
+    assert [t['usage'] for t in together] == [a['usage'] for a in alone]
+    for k, answers in enumerate(rounds):
+        assert [r['choices'][0]['message']['content'] for r in answers] == \
+               [alone[(k + i) % len(bodies)]['choices'][0]['message']['content'] for i in range(len(bodies))]
+
+def test_a_seed_repeats_its_sampled_answer_whatever_shares_the_batch(serve):
+    seeded = {'messages': Q, 'max_tokens': 24, 'temperature': 1.0, 'seed': 1234}
+    others = [{'messages': [{'role': 'user', 'content': q}], 'max_tokens': 24, 'temperature': 1.0} for q in QUESTIONS[1:4]]
+    with serve(batch_size=8) as (srv, engine):
+        alone = httpx.post(f'{srv.base_url}/chat/completions', json=seeded, timeout=300).json()
+        batched = _together(srv, engine, others + [seeded])[-1]
+        assert engine.peak_batch == 4
+    assert batched['choices'][0]['message']['content'] == alone['choices'][0]['message']['content']
 
 def test_streaming_client_that_leaves_frees_its_place(serve):
     with serve() as (srv, engine):
@@ -180,18 +217,21 @@ def test_hateful_message_gets_the_polite_redirect(serve):
         assert engine.served == 0  # the model was not asked
     assert is_hateful('저 유저 신상 털어 버릴 거야') and not is_hateful('안톤의 본모습은 벌레를 닮았나요?')
 
-def test_serves_a_merged_model_like_the_adapter(chat_model, tmp_path, serve, retriever):
-    model, tok = chat_model
-    ask = lambda srv: _client(srv).chat.completions.create(model='x', messages=Q, max_tokens=24, extra_body={'retrieval': False})
-    with serve() as (srv, _): want = ask(srv).choices[0].message.content
-    import copy
-    merged = copy.deepcopy(model).merge_and_unload()
-    merged.save_pretrained(tmp_path/'merged'); tok.save_pretrained(tmp_path/'merged')
-    m2, t2 = load_model_dir(tmp_path/'merged', Run(get_preset('test')))
-    assert not hasattr(m2, 'peft_config')
-    engine = Engine(m2, t2, retriever, ServeConfig(fit_tokens=get_preset('test').sft.max_len))
-    with BackgroundServer(make_app(engine, api_key='')) as srv: got = ask(srv).choices[0].message.content
-    assert got == want
+def test_serves_a_merged_model_like_the_adapter(chat_model, tmp_path, retriever):
+    model, tok = chat_model  # load_chat_model merged the SFT adapter into the base (for_serving)
+    assert not hasattr(model, 'peft_config')
+    run = Run(get_preset('test'))
+    adapter, t1 = load_model_dir(run.artifact('sft')/'adapter', run)
+    assert hasattr(adapter, 'peft_config')  # the adapter as trained, not merged
+    model.save_pretrained(tmp_path/'merged'); tok.save_pretrained(tmp_path/'merged')
+    folder, t2 = load_model_dir(tmp_path/'merged', run)
+    answers = []
+    for m, t in ((adapter, t1), (model, tok), (folder, t2)):
+        engine = Engine(m, t, retriever, ServeConfig(fit_tokens=get_preset('test').sft.max_len))
+        with BackgroundServer(make_app(engine, api_key='')) as srv:
+            answers.append([_client(srv).chat.completions.create(model='x', messages=[{'role': 'user', 'content': q}], max_tokens=24)
+                            .choices[0].message.content for q in QUESTIONS[:3]])
+    assert answers[0] == answers[1] == answers[2]
 
 def test_dataset_generator_points_its_base_url_at_this_server(serve, tmp_path, monkeypatch):
     from dnf_rlhf.datagen import GenConfig, Generator, Job, QA, read_log
@@ -372,9 +412,9 @@ def test_prompt_tokenisation_runs_off_the_event_loop(chat_model, retriever):
         assert fut.result(timeout=120)[0] == 200
 
 def test_non_streaming_client_that_times_out_frees_its_place(serve):
-    with serve(queue_size=0, workers=1) as (srv, engine):
+    with serve(queue_size=0, batch_size=1) as (srv, engine):
         url = f'{srv.base_url}/chat/completions'
-        with engine.paused():  # the worker starts nothing: the request waits while its client gives up
+        with engine.paused():  # nothing joins the batch: the request waits while its client gives up
             with pytest.raises(httpx.TimeoutException):
                 httpx.post(url, json={'messages': Q, 'max_tokens': 16}, timeout=1.0)
             _wait(lambda: engine.in_system == 0, 30)  # the server saw the client leave and dropped the job
