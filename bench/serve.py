@@ -18,7 +18,7 @@ import httpx, numpy as np, openai
 from dnf_rlhf.rag import load_questions
 
 MAX_TOKENS, CLIENTS = 64, 8
-SERVE = 'import sys; from dnf_rlhf.serve import serve_main; sys.exit(serve_main(sys.argv[1:]))'
+SERVE = 'import sys; from dnf_rlhf.cli import main; sys.exit(main(["serve", *sys.argv[1:]]))'  # `dnf-rlhf serve`
 
 
 def client_run(base_url, questions) -> list[dict]:

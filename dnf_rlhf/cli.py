@@ -56,16 +56,23 @@ def run_pipeline(run:Run, stages:list[str]|None=None, pipeline:list[Stage]|None=
                          if n in now or (n in prev and stage_done(out/n))]
         rep['total_seconds'] = round(sum(s['seconds'] or 0 for s in rep['stages']), 2)
         save_json(out/'report.json', rep)
-    for st in tqdm(todo, desc='dnf-rlhf run', unit='stage'):
-        s0 = time.time()
-        if stage_done(out/st.name) and st.name not in stale:  # reused: keep the time it took when it was built
-            m = out/st.name/METRICS
-            now[st.name] = dict(stage=st.name, seconds=prev.get(st.name, {}).get('seconds'), reused=True,
-                                metrics=load_json(m) if m.exists() else {})
-        else:
-            metrics = run_stage(run, st.name)
-            now[st.name] = dict(stage=st.name, seconds=round(time.time()-s0, 2), reused=False, metrics=metrics)
-        _save()  # after every stage: a disconnect loses nothing finished
+    bar = tqdm(total=len(todo), desc='dnf-rlhf run', unit='stage')  # not wrapping `todo`: its generator would close it first
+    try:
+        for st in todo:
+            s0 = time.time()
+            if stage_done(out/st.name) and st.name not in stale:  # reused: keep the time it took when it was built
+                m = out/st.name/METRICS
+                now[st.name] = dict(stage=st.name, seconds=prev.get(st.name, {}).get('seconds'), reused=True,
+                                    metrics=load_json(m) if m.exists() else {})
+            else:
+                metrics = run_stage(run, st.name)
+                now[st.name] = dict(stage=st.name, seconds=round(time.time()-s0, 2), reused=False, metrics=metrics)
+            _save()  # after every stage: a disconnect loses nothing finished
+            bar.update()
+    except BaseException:
+        bar.leave = False  # an error is the last line on the screen, not a half-drawn bar
+        raise
+    finally: bar.close()
     rep['run_seconds'] = round(time.time()-t0, 2)
     _save()
     (out/'report.md').write_text(report_markdown(rep, out), encoding='utf-8')

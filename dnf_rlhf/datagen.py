@@ -26,8 +26,8 @@ from .stats import length_baseline
 log = logging.getLogger('dnf_rlhf.datagen')
 
 # %% auto #0
-__all__ = ['log', 'JSON_MODES', 'PRICES', 'TASKS', 'DATASETS', 'CONV_START', 'CONV_ROLES', 'GenConfig', 'redact_url',
-           'GenerationError', 'resolve_api_key', 'scrub', 'price_of', 'cost_usd', 'estimate_tokens',
+__all__ = ['log', 'JSON_MODES', 'PRICES', 'TASKS', 'DATASETS', 'CONV_START', 'CONV_ROLES', 'STOPPED_EARLY', 'GenConfig',
+           'redact_url', 'GenerationError', 'resolve_api_key', 'scrub', 'price_of', 'cost_usd', 'estimate_tokens',
            'estimate_messages', 'backoff_delay', 'retry_after', 'parse_json_lenient', 'validation_reason',
            'parse_answer', 'request_key', 'DiskCache', 'read_log', 'AppendLog', 'Job', 'RunStats', 'Generator', 'QA',
            'QASet', 'PersonaSet', 'Redirect', 'RedirectSet', 'qa_job', 'persona_job', 'redirect_job', 'select_chunks',
@@ -936,6 +936,8 @@ def load_external(path) -> list:
     return [PPORecord(prompt=t, kind='seed') for t in load_seed_tasks(path)]
 
 # %% ../nbs/10_datagen.ipynb #db590ceb
+STOPPED_EARLY = 3  # exit code of a run stopped by its budget, the quota or Ctrl-C: finished work kept, run it again
+
 def generate_cli(argv:list[str]) -> int:
     "Command line: generate (or estimate) the datasets into --out; rerunning resumes (`main` reports bad input)."
     ap = ArgParser(prog='python -m dnf_rlhf.datagen', description='ChatGPT/OpenAI 호환 서버로 RLHF 데이터셋 만들기')
@@ -993,7 +995,7 @@ def generate_cli(argv:list[str]) -> int:
     except GenerationError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr); return 1
     print(json.dumps(out, ensure_ascii=False))
-    return 2 if st.stopped else 0
+    return STOPPED_EARLY if st.stopped else 0
 
 def main(argv:list[str]|None=None) -> int:
     "Entry point of `python -m dnf_rlhf.datagen`: bad input is one line on stderr, exit 2 (`--debug`: the traceback)."

@@ -827,7 +827,7 @@ class BackgroundServer:
 def serve_main(argv:list[str]|None=None) -> int:
     "Command line `dnf-rlhf serve`: load the chat model and the index, then serve until SIGTERM/Ctrl-C (+ `--grace` s)."
     dflt = ServeConfig()
-    ap = argparse.ArgumentParser(prog='dnf-rlhf serve', description='OpenAI 호환 챗봇 서버 / OpenAI-compatible chat server',
+    ap = ArgParser(prog='dnf-rlhf serve', description='OpenAI 호환 챗봇 서버 / OpenAI-compatible chat server',
                                  epilog=f'API key: set the environment variable {dflt.api_key_env} to require '
                                         f'"Authorization: Bearer <key>" on /v1/chat/completions and /query (unset or '
                                         f'empty: no key). Set it before binding anything but 127.0.0.1; it is never logged.')
@@ -845,9 +845,7 @@ def serve_main(argv:list[str]|None=None) -> int:
     a = ap.parse_args(argv)
     for opt, path in (('--run', a.run), ('--model', a.model)):
         if path is not None and not Path(path).is_dir():
-            why = 'is a file, not a folder' if Path(path).exists() else 'no such folder'
-            print(f'dnf-rlhf serve: error: {opt} {path}: {why}', file=sys.stderr)
-            return 2
+            raise UserError(f"{opt} {path}: {'is a file, not a folder' if Path(path).exists() else 'no such folder'}")
     from dnf_rlhf.rag import project_index
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
     run = run_from_args(a, a.run)

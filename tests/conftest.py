@@ -12,9 +12,11 @@ def test_env(tmp_path):
     return env
 
 def cli(*args, env=None, cwd=None, timeout=600):
-    "Run the installed `dnf-rlhf` console script; return the completed process."
+    "Run the installed `dnf-rlhf` console script; return the completed process, its output as str with '\\r' kept."
     exe = Path(sys.executable).parent/'dnf-rlhf'
-    return subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
+    r = subprocess.run([str(exe), *args], capture_output=True, env=env, cwd=cwd, timeout=timeout)  # text=True would turn \r into \n
+    r.stdout, r.stderr = r.stdout.decode('utf-8', 'replace'), r.stderr.decode('utf-8', 'replace')
+    return r
 
 def shared_data(*parts):
     "A path under ../shared/data, or skip the test when it is absent."

@@ -7,9 +7,14 @@ from conftest import cli
 from dnf_rlhf.loopback import LoopbackServer
 
 
+def visible(text:str) -> list[str]:
+    "The non-blank lines a terminal shows for `text`: of each line, what follows its last carriage return (progress bars)."
+    return [v for line in text.split('\n') if (v := line.rsplit('\r', 1)[-1]).strip()]
+
+
 def one_line_error(r, *names) -> str:
     "Assert `r` stopped on bad input: exit code 2, one line on stderr naming each of `names`, no traceback; that line."
-    lines = r.stderr.strip().splitlines()
+    lines = visible(r.stderr)
     assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
     assert len(lines) == 1 and 'Traceback' not in r.stderr, r.stderr[-3000:]
     for n in names: assert str(n) in lines[0], (n, lines[0])
@@ -38,6 +43,7 @@ def _bad_inputs(tmp):
             ('missing', stage('lore', 'missing.json'), ['missing.json', 'not found']),
             ('persona', stage('lore', 'persona.json'), ['persona.json', "field 'persona'"]),
             ('lore', stage('lore', 'corpus.json'), ['broken.md', 'never closed']),
+            ('lore-in-run', stage('run', 'corpus.json'), ['broken.md', 'never closed']),  # under the progress bar
             ('jsonl', stage('tinybase', 'data.json'), ['sft_train.jsonl:2', 'not valid JSON']),
             ('out-is-a-file', ['run', '--preset', 'tiny', '--out', str(tmp/'afile')], ['afile', 'not a folder']),
             ('stage-typo', ['run', '--preset', 'tiny', '--out', out, '--stages', 'sfft'], ['sfft'])]

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
-from dnf_rlhf.datagen import Generator, GenConfig, Job, read_log, DATASETS, DNF_TEST_DOCS
+from dnf_rlhf.datagen import Generator, GenConfig, Job, read_log, DATASETS, DNF_TEST_DOCS, STOPPED_EARLY
 from dnf_rlhf.formats import read_jsonl
 from dnf_rlhf.loopback import LoopbackServer, prompt_hash
 
@@ -128,7 +128,7 @@ def test_budget_cap_stops_cleanly_and_resumes(tmp_path, test_env):
         r = subprocess.run(datagen_cmd(out, srv, '--tasks', 'qa', '--limit', '16', '--concurrency', '2',
                                        '--budget-usd', str(budget), *price),
                            env=test_env, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 2, r.stderr[-3000:]
+        assert r.returncode == STOPPED_EARLY == 3, r.stderr[-3000:]  # not 2: that is bad input
         st = json.loads(r.stdout.strip().splitlines()[-1])['stats']
         ledger = read_log(out/'ledger.jsonl')
         spent, biggest = sum(l['usd'] for l in ledger), max(l['usd'] for l in ledger)

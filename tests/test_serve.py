@@ -438,7 +438,7 @@ def test_long_max_tokens_keeps_the_retrieved_passages(serve):
         assert r.max_tokens < room  # ... and the answer budget shrinks, which the response says
         assert r.usage.prompt_tokens + r.max_tokens <= engine.context_limit and r.usage.completion_tokens <= r.max_tokens
 
-SERVE_CODE = 'import sys; from dnf_rlhf.serve import serve_main; sys.exit(serve_main(sys.argv[1:]))'
+SERVE_CODE = 'import sys; from dnf_rlhf.cli import main; sys.exit(main(["serve", *sys.argv[1:]]))'  # `dnf-rlhf serve`
 
 def test_serve_run_must_name_a_folder(test_env, tmp_path):
     (tmp_path/'a-file').write_text('x')
