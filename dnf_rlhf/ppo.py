@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import BaseModelOutputWithPast
 from .core import *
 from .formats import PPORecord, read_jsonl, write_jsonl
 from .chat import render_prompt, prepare_tokenizer
@@ -25,8 +26,8 @@ from .reward import rm_messages
 from .stats import mean_se, win_rate, fact_accuracy
 
 # %% auto #0
-__all__ = ['MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'PPO', 'logprobs_from_logits', 'masked_mean', 'masked_var',
-           'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController', 'ppo_losses',
+__all__ = ['CACHE_ARG', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'PPO', 'logprobs_from_logits', 'masked_mean',
+           'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController', 'ppo_losses',
            'PPOStageConfig', 'cpu_threads', 'kl_controller', 'check_ppo_supported', 'position_ids_from_mask',
            'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden', 'Layout', 'SharedLayout',
            'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'encode_queries', 'next_token',
@@ -175,6 +176,9 @@ def check_ppo_supported(run:Run):
             "sampled generation recompiles every step; run PPO on a GPU preset.)")
 
 # %% ../nbs/05_ppo.ipynb #e3a20556
+CACHE_ARG = 'cache' if 'cache' in BaseModelOutputWithPast.__dataclass_fields__ else 'past_key_values'  # KV-cache argument
+# and output field: transformers 5.x renamed `past_key_values` to `cache` (the old name warns, and goes in 5.40)
+
 def position_ids_from_mask(mask:torch.Tensor) -> torch.Tensor:
     "Positions counted over real tokens only: (B, T) mask -> (B, T) ids (padding gets 0)."
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -209,16 +213,16 @@ def backbone_hidden(lm, input_ids:torch.Tensor, mask:torch.Tensor, last:int|None
     if k < MIN_SHARED_PREFIX:
         out = lm.base_model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=cache)
         h = out.last_hidden_state if last is None else out.last_hidden_state[:, -last:]  # (B, T, H) or (B, last, H)
-        return (h, out.past_key_values, mask) if cache else h
+        return (h, getattr(out, CACHE_ARG), mask) if cache else h
     # the prefix every row shares (the persona line): computed once, its keys/values repeated for every row
     r, c = int(start.argmin()), int(start.min()) + k  # the earliest-starting row; columns before c are prefix or padding
     prefix = input_ids[r:r + 1, c - k:c]  # (1, k)
-    kv = lm.base_model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True).past_key_values
+    kv = getattr(lm.base_model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True), CACHE_ARG)
     kv.batch_repeat_interleave(B)
     rest_mask = mask[:, c:] * (torch.arange(c, T, device=mask.device)[None] >= (start + k)[:, None])  # (B, T - c): own prefix copies masked
     cache_mask = torch.cat([torch.ones_like(mask[:, :k]), rest_mask], 1)  # (B, k + T - c)
     h = lm.base_model(input_ids=input_ids[:, c:], attention_mask=cache_mask, position_ids=k + position_ids_from_mask(rest_mask),
-                      past_key_values=kv, use_cache=True).last_hidden_state[:, -last:]  # (B, last, H)
+                      use_cache=True, **{CACHE_ARG: kv}).last_hidden_state[:, -last:]  # (B, last, H)
     return (h, kv, cache_mask) if cache else h
 
 # %% ../nbs/05_ppo.ipynb #147cb65f
@@ -456,8 +460,8 @@ def sample_responses(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id
             rows, tok, pos, kv_mask = rows[keep], tok[keep], pos[keep], kv_mask[keep]
             kv.batch_select_indices(keep)
         kv_mask = torch.cat([kv_mask, kv_mask.new_ones(len(rows), 1)], 1)  # (b, S + 1)
-        h = lm.base_model(input_ids=tok[:, None], attention_mask=kv_mask, position_ids=pos[:, None], past_key_values=kv,
-                          use_cache=True).last_hidden_state  # (b, 1, H)
+        h = lm.base_model(input_ids=tok[:, None], attention_mask=kv_mask, position_ids=pos[:, None], use_cache=True,
+                          **{CACHE_ARG: kv}).last_hidden_state  # (b, 1, H)
         logits, pos = head(h[:, -1]), pos + 1
     return out[:, :t + 1]
 

@@ -18,10 +18,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from transformers.modeling_outputs import CausalLMOutputWithPast
 from .core import *
 from .chat import render_prompt, prepare_tokenizer
 from .rag import Retriever, build_context
+from .ppo import CACHE_ARG
 
 log = logging.getLogger('dnf_rlhf.serve')
 
@@ -260,8 +260,6 @@ def _encode_and_queue(self:Engine, job:Job):
 Engine._budget, Engine.encode, Engine._encode_and_queue = _budget, encode, _encode_and_queue
 
 # %% ../nbs/07_serving.ipynb #c8d2e3f4
-_CACHE_ARG = 'cache' if 'cache' in CausalLMOutputWithPast.__dataclass_fields__ else 'past_key_values'  # renamed in 5.x
-
 def _stackable_cache(model) -> bool:
     "True when every layer of the model's KV cache is a plain full-attention layer, whose rows can be padded and stacked."
     from transformers import DynamicCache
@@ -271,8 +269,8 @@ def _stackable_cache(model) -> bool:
 def forward_cached(model, input_ids, mask, position_ids, kv=None):
     "One forward with a KV cache (None: a new one): the logits of each row's last position (B, V) and the cache."
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1,
-                **({_CACHE_ARG: kv} if kv is not None else {}))
-    return out.logits[:, -1], getattr(out, _CACHE_ARG)
+                **({CACHE_ARG: kv} if kv is not None else {}))
+    return out.logits[:, -1], getattr(out, CACHE_ARG)  # CACHE_ARG: the name this transformers uses (05)
 
 def _left_pad_to(x, S:int, dim:int):
     "`x` with zeros before its first index along `dim`, up to length `S`."
