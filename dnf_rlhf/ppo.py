@@ -434,12 +434,17 @@ def encode_queries(tok, records:list[PPORecord], run:Run) -> dict:
     return dict(query_ids=q_ids, query_mask=q_mask, rm_ids=r_ids, rm_mask=r_mask)
 
 # %% ../nbs/05_ppo.ipynb #cd408f44
-def next_token(logits:torch.Tensor, temperature:float|None=None) -> torch.Tensor:
-    "Greedy (temperature None) or one draw from softmax(logits / temperature) per row: (b, V) -> (b,)."
+def next_token(logits:torch.Tensor, temperature:float|None=None, top_p:float=1.0, generator=None) -> torch.Tensor:
+    "Greedy (temperature None) or one draw from softmax(logits / temperature) per row, cut to the `top_p` nucleus: (b, V) -> (b,)."
     if not temperature: return logits.argmax(-1)
-    cdf = F.softmax(logits.float() / temperature, dim=-1).cumsum(-1)  # (b, V)
-    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]  # (b, 1): one uniform per row, scaled to the total mass
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)  # first token whose CDF exceeds u
+    p, order = F.softmax(logits.float() / temperature, dim=-1), None  # (b, V)
+    if top_p < 1:  # nucleus sampling (Holtzman et al. 2019): the smallest set of tokens whose probability reaches top_p
+        p, order = p.sort(-1, descending=True)
+        p = p.masked_fill(p.cumsum(-1) - p >= top_p, 0)  # tokens after the nucleus (the most likely one always stays)
+    cdf = p.cumsum(-1)
+    u = torch.rand(len(cdf), 1, device=cdf.device, generator=generator) * cdf[:, -1:]  # (b, 1): one uniform per row, scaled to the mass
+    tok = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cdf.shape[1] - 1)  # first token whose CDF exceeds u
+    return tok if order is None else order.gather(1, tok[:, None]).squeeze(1)
 
 @torch.no_grad()
 def sample_responses(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id:int, temperature:float|None=None) -> torch.Tensor:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, ConfigDict, Field
+import torch
+import torch.nn.functional as F
 import pydantic  # (dnf_rlhf.core exports its own `BaseModel`: the base-model record)
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,14 +23,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .core import *
 from .chat import render_prompt, prepare_tokenizer
 from .rag import Retriever, build_context
-from .ppo import CACHE_ARG
+from .ppo import CACHE_ARG, left_pad, next_token, position_ids_from_mask
 
 log = logging.getLogger('dnf_rlhf.serve')
 
 # %% auto #0
 __all__ = ['log', 'GUARD_REPLY', 'HATEFUL_TERMS', 'ROLES', 'UText', 'ERRORS', 'ServeConfig', 'guard_hits', 'is_hateful',
            'load_model_dir', 'for_serving', 'load_chat_model', 'Job', 'Engine', 'with_context', 'n_tokens', 'encode',
-           'forward_cached', 'stack_batches', 'keep_rows', 'draw', 'valid_unicode', 'ContentPart', 'ChatMessage',
+           'forward_cached', 'stack_batches', 'keep_rows', 'valid_unicode', 'ContentPart', 'ChatMessage',
            'StreamOptions', 'ResponseFormat', 'ChatRequest', 'QueryRequest', 'RequestError', 'error_param',
            'validation_error', 'prepare_job', 'ErrorDetail', 'ErrorResponse', 'AnswerMessage', 'Choice', 'Usage',
            'ChatCompletion', 'QueryResponse', 'error_response', 'make_app', 'BackgroundServer', 'serve_main']
@@ -272,20 +274,14 @@ def forward_cached(model, input_ids, mask, position_ids, kv=None):
                 **({CACHE_ARG: kv} if kv is not None else {}))
     return out.logits[:, -1], getattr(out, CACHE_ARG)  # CACHE_ARG: the name this transformers uses (05)
 
-def _left_pad_to(x, S:int, dim:int):
-    "`x` with zeros before its first index along `dim`, up to length `S`."
-    import torch
-    shape = list(x.shape); shape[dim] = S - x.shape[dim]
-    return torch.cat([x.new_zeros(shape), x], dim) if shape[dim] else x
-
 def stack_batches(kv, mask, kv2, mask2):
     "One batch from two: caches (B, H, S, D) and masks (B, S) left-padded to the longer length, `kv2`'s rows after `kv`'s."
-    import torch
     S = max(mask.shape[1], mask2.shape[1])
+    kv_pad = lambda x: F.pad(x, (0, 0, S - x.shape[2], 0))  # (B, H, s, D) -> (B, H, S, D): zeros before the sequence
     for a, b in zip(kv.layers, kv2.layers):
-        a.keys = torch.cat([_left_pad_to(a.keys, S, 2), _left_pad_to(b.keys, S, 2)])
-        a.values = torch.cat([_left_pad_to(a.values, S, 2), _left_pad_to(b.values, S, 2)])
-    return kv, torch.cat([_left_pad_to(mask, S, 1), _left_pad_to(mask2, S, 1)])
+        a.keys = torch.cat([kv_pad(a.keys), kv_pad(b.keys)])
+        a.values = torch.cat([kv_pad(a.values), kv_pad(b.values)])
+    return kv, torch.cat([F.pad(m, (S - m.shape[1], 0)) for m in (mask, mask2)])
 
 def keep_rows(kv, mask, keep):
     "The batch with only the rows `keep` (B',): their cache and mask, without the leading columns none of them uses."
@@ -293,15 +289,6 @@ def keep_rows(kv, mask, keep):
     c = int(mask.any(0).long().argmax())  # the first column a remaining row uses
     for layer in kv.layers: layer.keys, layer.values = layer.keys[keep, :, c:], layer.values[keep, :, c:]
     return kv, mask[:, c:]
-
-# %% ../nbs/07_serving.ipynb #e0f4a5b6
-def draw(logits, temperature:float, top_p:float, gen) -> int:
-    "One token from softmax(logits / temperature) (V,), kept to the smallest set whose probability reaches `top_p`."
-    import torch
-    p = torch.softmax(logits.float() / temperature, -1)
-    p, idx = p.sort(descending=True)
-    p[p.cumsum(0) - p >= top_p] = 0  # tokens after the nucleus (the first token always stays)
-    return int(idx[torch.multinomial(p, 1, generator=gen)])
 
 # %% ../nbs/07_serving.ipynb #b3c7d8e9
 @dataclass
@@ -330,8 +317,6 @@ def _take(self:Engine) -> list[Job]|None:
 
 def _join(self:Engine, jobs:list[Job], kv, mask, logits):
     "Prefill the prompts of `jobs` together and add their rows: (kv, mask, logits) of the whole batch."
-    import torch
-    from dnf_rlhf.ppo import left_pad, position_ids_from_mask
     dev = self.model.device
     for job in jobs:
         n, gen = len(job.prompt_ids), None
@@ -350,10 +335,10 @@ def _join(self:Engine, jobs:list[Job], kv, mask, logits):
     return kv, mask, torch.cat([logits, new_logits])
 
 def _pick(self:Engine, logits) -> list[int]:
-    "Every row's next token: argmax for a greedy row, a draw with its own generator for a sampled one."
+    "Every row's next token: argmax for a greedy row, a nucleus draw with its own generator for a sampled one (05's `next_token`)."
     tokens = logits.argmax(-1).tolist()
     for i, row in enumerate(self._rows):
-        if row.gen is not None: tokens[i] = draw(logits[i], row.job.temperature, row.job.top_p, row.gen)
+        if row.gen is not None: tokens[i] = int(next_token(logits[i:i + 1], row.job.temperature, row.job.top_p, row.gen))
     return tokens
 
 def _finish(self:Engine, row:_Row, ended:bool):
@@ -375,7 +360,6 @@ def _advance(self:Engine, row:_Row, token:int) -> bool:
 
 def _loop(self:Engine):
     "The batching thread: new jobs join, every row gets its next token, finished rows leave, one forward for the rest."
-    import torch
     kv = mask = logits = None  # the batch: KV cache, its attention mask (B, S), next-token logits (B, V)
     with torch.no_grad():
         while (jobs := self._take()) is not None:
