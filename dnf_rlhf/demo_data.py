@@ -11,23 +11,24 @@ import hashlib, random, re
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from .core import data_dir, in_test, save_json
+from .core import data_dir, in_test, load_json, save_json
 from .lore import Doc, Fact, load_corpus, load_facts, chunk_corpus, chunks_for_span, sentence_spans
 from .formats import (SFTRecord, PairRecord, RankedRecord, PPORecord, RetrievalRecord, write_jsonl, read_jsonl,
-                              held_out_docs, filter_near_duplicates, DNF_TEST_DOCS)
+                              held_out_docs, filter_near_duplicates)
 from .chat import is_haeyo
 from .stats import length_baseline, states_fact, fact_accuracy
 
 # %% auto #0
 __all__ = ['DNF_QUESTIONS', 'PPO_SIGNOFF', 'DEMO_FILES', 'JOSA', 'VALUE_KINDS', 'WHAT', 'ANSWER_NOUN', 'ANSWER_BY_KIND',
-           'ANSWER_CLAUSE', 'ANSWER_OVERRIDES', 'SUPPORT', 'OFFERS', 'ATTR_CORES', 'WRAPPERS', 'FORM_CUES', 'PERSONA',
-           'UNKNOWN_ENTITIES', 'UNKNOWN_ANSWERS', 'HOSTILE', 'REDIRECTS', 'ECHOES', 'HOSTILE_RUDE', 'PLAIN_QUESTIONS',
-           'PARAPHRASES', 'QUESTION_WORDS', 'REJECTION_TYPES', 'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER',
-           'UNRELATED_ANSWER', 'SCHEMAS', 'DemoDataConfig', 'final_consonant', 'josa', 'fill', 'value_kind',
-           'sentences', 'fact_key', 'state', 'stable_hash', 'pick', 'support_fact', 'answer', 'cue_form',
-           'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'banmal', 'by_length', 'truncations',
-           'FactBook', 'Slot', 'select_prompts', 'build_demo_data', 'demo_stats', 'demo_dir', 'write_demo_files',
-           'write_demo_data', 'load_demo']
+           'ANSWER_CLAUSE', 'ANSWER_OVERRIDES', 'SUPPORT', 'OFFERS', 'NEW', 'ASKED', 'UNASKED', 'ATTR_CORES',
+           'WRAPPERS', 'REPHRASINGS', 'FORM_CUES', 'PERSONA', 'UNKNOWN_ENTITIES', 'UNKNOWN_ANSWERS', 'HOSTILE',
+           'REDIRECTS', 'ECHOES', 'HOSTILE_RUDE', 'PLAIN_QUESTIONS', 'PARAPHRASES', 'QUESTION_WORDS', 'REJECTION_TYPES',
+           'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER', 'UNRELATED_ANSWER', 'SCHEMAS', 'DemoDataConfig',
+           'final_consonant', 'josa', 'fill', 'value_kind', 'sentences', 'fact_key', 'state', 'stable_hash', 'pick',
+           'support_fact', 'answer', 'Splits', 'choose_new_docs', 'split_facts', 'cue_form', 'question_variants',
+           'answer_sentence', 'reused_stems', 'mention_form', 'banmal', 'by_length', 'truncations', 'FactBook', 'Slot',
+           'select_prompts', 'build_demo_data', 'record_group', 'demo_stats', 'demo_dir', 'write_demo_files',
+           'write_demo_data', 'load_splits', 'load_demo']
 
 # %% ../nbs/02_demo_data.ipynb #c3df582d
 DNF_QUESTIONS = {  # the DnF project's three test questions, verbatim, and the fact each one asks for
@@ -42,8 +43,10 @@ DEMO_FILES = ('sft', 'pairs', 'ranked', 'ppo', 'retrieval')  # data_dir()/demo/<
 class DemoDataConfig:
     "How the demo datasets are built."
     seed: int = 0  # order of records in each file and the held-out hand-written messages (per-item choices are keyed hashes)
-    test_frac: float = 0.2  # fraction of lore documents (and of hand-written messages) held out for test
-    test_docs: tuple = DNF_TEST_DOCS  # always held out
+    new_docs: int = 6  # documents new to every model: neither the base nor SFT reads them; only the retrieval index holds them
+    unasked_frac: float = 0.25  # share of the other facts that no SFT/RM/PPO example asks about (split b): the base reads them
+    always_unasked: tuple = tuple(f'{d}:{a}' for d, a in DNF_QUESTIONS)  # the DnF project's three questions are split (b)
+    test_frac: float = 0.2  # fraction of the hand-written messages (persona, hostile) held out for test
     rouge_threshold: float = 0.7  # prompts at or above this character ROUGE-L to a kept prompt are rephrased or dropped
     context_chars: int = 360  # chunk size of the passages in retrieval-grounded SFT examples (fits the tiny model's 256-384 tokens)
     context_overlap: int = 80  # overlap of those chunks
@@ -217,6 +220,33 @@ def answer(f:Fact, form:str, entity_facts:dict[str, Fact], category:str, value:s
         text += ' ' + fill(pick(OFFERS, f.doc_id, f.attribute), E=f.entity)
     return text, keys
 
+# %% ../nbs/02_demo_data.ipynb #c862e6c4
+NEW, ASKED, UNASKED = 'new', 'asked', 'unasked'  # the three groups of facts
+
+@dataclass(frozen=True)
+class Splits:
+    "Which documents and facts each model may see, fixed by the seed before any training."
+    new_docs: tuple  # documents only the retrieval index holds
+    unasked: tuple  # fact keys the base reads and no SFT/RM/PPO example asks about (split b)
+
+    def group(self, doc_id:str, key:str|None=None) -> str:
+        "'new', 'unasked' or 'asked' for a fact key (or, without one, 'new' or 'asked' for a document)."
+        return NEW if doc_id in self.new_docs else UNASKED if key in self.unasked else ASKED
+
+def choose_new_docs(doc_ids, n:int=6, seed:int=0, exclude=()) -> tuple:
+    "`n` documents chosen by `seed` among `doc_ids` less `exclude`, sorted."
+    pool = sorted(set(doc_ids) - set(exclude))
+    return tuple(sorted(sorted(pool, key=lambda d: stable_hash(seed, 'new', d))[:n]))
+
+def split_facts(docs:list[Doc], facts:list[Fact], cfg:DemoDataConfig) -> Splits:
+    "The seeded split: `cfg.new_docs` new documents, then `cfg.unasked_frac` of the other facts' keys unasked."
+    always = set(cfg.always_unasked)
+    new = choose_new_docs([d.id for d in docs], cfg.new_docs, cfg.seed, exclude={k.split(':')[0] for k in always})
+    keys = sorted(fact_key(f) for f in facts if f.doc_id not in new)
+    rest = sorted((k for k in keys if k not in always), key=lambda k: stable_hash(cfg.seed, 'unasked', k))
+    n = round(cfg.unasked_frac * len(keys)) - len(always & set(keys))
+    return Splits(new, tuple(sorted(always & set(keys) | set(rest[:n]))))
+
 # %% ../nbs/02_demo_data.ipynb #34974d14
 ATTR_CORES = {  # attribute -> (noun cores, clause cores): what the question asks, with {E} entity and {W} WHAT
     '정체': (['{E}의 정체'], ['{E:이} 어떤 {W}인지']),
@@ -262,6 +292,10 @@ WRAPPERS = {  # answer form -> (wrappers of a noun core {N}, wrappers of a claus
              ['{N} 자세히 설명해 주세요.', '{N} 배경과 함께 자세하게 알려 줄래요?', '{N} 길게 풀어서 알려 주실래요?',
               '궁금한 게 있어요. {N} 자세히 들려줄 수 있어요?', '{N} 자세히요?', '자세하게요: {N}']),
 }
+REPHRASINGS = {  # split (a): medium-form wrappers that no training question uses (same cores, new wordings)
+    'medium': (['{N:이} 뭔지 말해 줄 수 있어요?', '{N:이} 어떻게 되나요?', '{N}에 관해 묻고 싶어요.', '{N:을} 가르쳐 줄 수 있나요?'],
+               ['{N} 설명 좀 부탁해요.', '{N} 가르쳐 줄래요?', '{N} 알 수 있을까요?', '저기요, {N} 아시나요?']),
+}
 FORM_CUES = {'short': ('짧게 알려', '짧게 답', '짧게요', '한마디로', '한 줄로', '간단히'), 'long': ('자세히', '자세하게', '길게')}  # words that ask for an answer length
 
 def cue_form(prompt:str) -> str:
@@ -270,10 +304,10 @@ def cue_form(prompt:str) -> str:
         if any(c in prompt for c in cues): return form
     return 'medium'
 
-def question_variants(f:Fact, form:str, category:str, offset:int) -> list[str]:
+def question_variants(f:Fact, form:str, category:str, offset:int, wrappers:dict=WRAPPERS) -> list[str]:
     "Generated questions about `f` that ask for `form`, rotated by `offset` so entities sharing an attribute differ."
     nouns, clauses = ATTR_CORES.get(f.attribute, (['{E}의 {A}'], []))
-    wn, wc = WRAPPERS[form]
+    wn, wc = wrappers[form]
     combos = [(c, w) for c in nouns for w in wn] + [(c, w) for c in clauses for w in wc]
     combos = combos[offset % len(combos):] + combos[:offset % len(combos)]
     out = []
@@ -500,9 +534,9 @@ def truncations(text:str) -> list[str]:
 # %% ../nbs/02_demo_data.ipynb #85593843
 class FactBook:
     "The facts table indexed for building answers and rejected answers."
-    def __init__(self, docs:list[Doc], facts:list[Fact], test_docs=frozenset()):
+    def __init__(self, docs:list[Doc], facts:list[Fact], splits:Splits=Splits((), ())):
         self.docs = {d.id: d for d in docs}
-        self.test_docs = set(test_docs)  # held-out documents: the one place the builders read the split from
+        self.splits = splits  # the one place the builders read the split from
         self.facts = sorted(facts, key=lambda f: (f.doc_id, f.attribute))
         self.by_key = {fact_key(f): f for f in self.facts}
         self.entity = defaultdict(dict)  # doc_id -> attribute -> Fact
@@ -511,7 +545,8 @@ class FactBook:
         for f in self.facts: self.by_attribute[f.attribute].append(f)
 
     def category(self, f:Fact) -> str: return self.docs[f.doc_id].category
-    def same_split(self, a:str, b:str) -> bool: return (a in self.test_docs) == (b in self.test_docs)
+    def group(self, f:Fact) -> str: return self.splits.group(f.doc_id, fact_key(f))
+    def same_split(self, a:str, b:str) -> bool: return (a in self.splits.new_docs) == (b in self.splits.new_docs)
 
     def answer(self, f:Fact, form:str, value:str|None=None) -> tuple[str, list[str]]:
         "(answer text, fact keys) of `f` in `form`."
@@ -578,10 +613,10 @@ CONTEXT_ANSWER = '주신 글에 따르면 {A}'  # {A}: the medium answer
 UNRELATED_ANSWER = '주신 글은 {B}에 관한 내용이라 {N}에 대해서는 나와 있지 않아요. 관련된 글을 주시면 다시 찾아볼게요.'  # {B} the passage's title, {N} what was asked
 
 def _fact_slots(book:FactBook, cfg:DemoDataConfig) -> list[Slot]:
-    "The SFT/PPO/pair slots of every fact: q (table question), long, short and some context questions."
+    "Slots of every fact: q (table question), long, short, some context questions; and a rephrased one of each asked fact."
     slots = []
     for i, f in enumerate(book.facts):
-        test, cat = f.doc_id in book.test_docs, book.category(f)
+        test, cat = book.group(f) != ASKED, book.category(f)
         # rotate phrasings over the entities sharing an attribute and over the attributes of one entity
         offset = [g.doc_id for g in book.by_attribute[f.attribute]].index(f.doc_id) + sorted(book.entity[f.doc_id]).index(f.attribute)
         med = question_variants(f, 'medium', cat, offset)
@@ -590,6 +625,8 @@ def _fact_slots(book:FactBook, cfg:DemoDataConfig) -> list[Slot]:
         slots.append(Slot(('fact', f.doc_id, f.attribute, 'long'), test, question_variants(f, 'long', cat, offset)))
         slots.append(Slot(('fact', f.doc_id, f.attribute, 'short'), test, question_variants(f, 'short', cat, offset + 1)))
         if i % cfg.context_every == 0: slots.append(Slot(('fact', f.doc_id, f.attribute, 'context'), test, med[3:]))
+        if not test:  # split (a): the same fact asked in a wording no training question uses
+            slots.append(Slot(('fact', f.doc_id, f.attribute, 'rephrased'), True, question_variants(f, 'medium', cat, offset, REPHRASINGS)))
     return slots
 
 def _retrieval_slots(book:FactBook) -> list[Slot]:
@@ -606,7 +643,7 @@ def _retrieval_slots(book:FactBook) -> list[Slot]:
         else:
             sent = answer_sentence(doc, f.span(doc)[0])
             opts = [q for q in (fill(t, E=f.entity) for t in PARAPHRASES.get(f.attribute, [])) if not reused_stems(q, sent, f.entity)]
-        slots.append(Slot(('retrieval', f.doc_id, f.attribute, form), f.doc_id in book.test_docs, opts))
+        slots.append(Slot(('retrieval', f.doc_id, f.attribute, form), book.group(f) != ASKED, opts))
     return slots
 
 def _handwritten_slots(frac:float, seed:int) -> tuple[list[Slot], list[Slot]]:
@@ -659,8 +696,8 @@ def _fact_pairs(book:FactBook, f:Fact, form:str, p:str, chosen:str, keys:list, n
 def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=None, facts:list[Fact]|None=None) -> tuple[dict, dict]:
     "All demo datasets as {name: (train, test)} records, and their statistics."
     docs = docs if docs is not None else load_corpus()
-    test_docs = held_out_docs([d.id for d in docs], cfg.test_frac, include=cfg.test_docs)
-    book = FactBook(docs, facts if facts is not None else load_facts(docs=docs), test_docs)
+    facts = facts if facts is not None else load_facts(docs=docs)
+    book = FactBook(docs, facts, split_facts(docs, facts, cfg))
     hw_train, hw_test = _handwritten_slots(cfg.test_frac, cfg.seed)
     fact_slots, ret_slots = _fact_slots(book, cfg), _retrieval_slots(book)
     dnf = [s for s in fact_slots if s.key[3] == 'q' and (s.key[1], s.key[2]) in DNF_QUESTIONS]
@@ -689,12 +726,12 @@ def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=Non
             add('sft', [_context_record(book, f, p, chunks, unrelated)], s.test)
             n_context += 1
             continue
-        form = 'medium' if slot == 'q' else slot
+        form = 'medium' if slot in ('q', 'rephrased') else slot
         text, keys = book.answer(f, form)
         add('sft', [SFTRecord(prompt=p, completion=text, doc_id=doc_id, kind=f'fact_{form}', facts=keys)], s.test)
         rejected = _fact_pairs(book, f, form, p, text, keys, cfg.pair_types_per_prompt)
         add('pairs', [PairRecord(prompt=p, chosen=text, rejected=r, doc_id=doc_id, kind=k, facts=keys) for r, k in rejected], s.test)
-        if slot == 'q':
+        if slot in ('q', 'rephrased'):
             add('ppo', [PPORecord(prompt=p, doc_id=doc_id, kind='fact', facts=keys)], s.test)
             two = sorted(rejected, key=lambda rk: stable_hash(p, 'ranked', rk[1]))[:2]
             if len(two) == 2: add('ranked', [_ranked(p, text, two, doc_id, keys, cfg.seed)], s.test)
@@ -707,7 +744,7 @@ def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=Non
                                           doc_id=doc_id, facts=[fact_key(f)])], s.test)
     for name, (train, test) in out.items():  # a fixed shuffle, so that the head of each file shows every kind
         for recs in (train, test): random.Random(f'{cfg.seed}:{name}').shuffle(recs)
-    return out, demo_stats(out, test_docs, [d.id for d in docs], filter_counts)
+    return out, demo_stats(out, book.splits, filter_counts)
 
 def _ranked(prompt:str, chosen:str, rejected:list[tuple[str, str]], doc_id, keys, seed) -> RankedRecord:
     "A KoChatGPT 3-way record: the chosen answer ranked 0, the rejected ones by RANK_ORDER, positions shuffled."
@@ -723,14 +760,20 @@ SCHEMAS = {'sft': SFTRecord, 'pairs': PairRecord, 'ranked': RankedRecord, 'ppo':
 
 def _r(x:float) -> float: return round(x, 4)
 
-def demo_stats(out:dict, test_docs:set, doc_ids:list, filter_counts:dict) -> dict:
+def record_group(r, splits:Splits) -> str:
+    "'asked', 'unasked' or 'new' by a record's first fact; for one without facts 'new', 'other' or (no document) 'handwritten'."
+    if not r.doc_id: return 'handwritten'
+    return splits.group(r.doc_id, r.facts[0]) if r.facts else NEW if r.doc_id in splits.new_docs else 'other'
+
+def demo_stats(out:dict, splits:Splits, filter_counts:dict) -> dict:
     "Counts per file and kind, rejection types, length-only baseline accuracies, PPO hostile share, retrieval forms."
     both = {n: tr + te for n, (tr, te) in out.items()}
     pairs = both['pairs']
     ranked_pairs = [p for r in both['ranked'] for p in r.pairs()]
     types = sorted({p.kind for p in pairs}, key=REJECTION_TYPES.index)
     return {
-        'documents': {'train': sorted(set(doc_ids) - set(test_docs)), 'test': sorted(test_docs)},
+        'splits': {'new_docs': list(splits.new_docs), 'unasked': list(splits.unasked)},
+        'test_groups': {n: dict(sorted(Counter(record_group(r, splits) for r in te).items())) for n, (_, te) in out.items()},
         'counts': {n: {'train': len(tr), 'test': len(te)} for n, (tr, te) in out.items()},
         'kinds': {n: dict(sorted(Counter(r.kind for r in recs if r.kind).items())) for n, recs in both.items() if n != 'retrieval'},
         'rejection_types': {k: {'train': sum(p.kind == k for p in out['pairs'][0]), 'test': sum(p.kind == k for p in out['pairs'][1])} for k in types},
@@ -760,6 +803,12 @@ def write_demo_data(out_dir, cfg:DemoDataConfig=DemoDataConfig()) -> dict:
     out, stats = build_demo_data(cfg)
     write_demo_files(out, stats, out_dir)
     return stats
+
+def load_splits(folder=None) -> Splits|None:
+    "The splits a datasets folder was built with (its `stats.json`), or None for data without them (ChatGPT-built)."
+    p = Path(folder or demo_dir())/'stats.json'
+    sp = load_json(p).get('splits') if p.exists() else None
+    return Splits(tuple(sp['new_docs']), tuple(sp['unasked'])) if sp else None
 
 def load_demo(name:str, split:str='train', folder=None) -> list:
     "Records of the demo dataset `name` ('sft', 'pairs', 'ranked', 'ppo', 'retrieval') and `split`, validated."

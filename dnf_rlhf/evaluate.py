@@ -15,7 +15,7 @@ import numpy as np
 from .core import *
 from .formats import PPORecord, read_jsonl, rouge_l
 from .chat import prepare_tokenizer, generate_answers, is_haeyo
-from .stats import mean_se, win_rate, fact_accuracy
+from .stats import mean_se, win_rate, fact_accuracy, MAX_ANSWER_TOKENS
 from .models import load_chat
 from . import sft as _sft, ppo as _ppo  # register the chat-model stages compared here
 
@@ -33,7 +33,7 @@ class EvalStageConfig:
     fact_prompts: int = 64  # held-out fact questions (the DnF project's three first); the PPO acceptance asks for >= 64
     persona_prompts: int|None = None  # held-out persona/small-talk prompts (None: all)
     hostile_prompts: int|None = None  # held-out hostile prompts for the harmlessness rate (None: all)
-    max_new_tokens: int = 128  # answer length limit (greedy decoding)
+    max_new_tokens: int = MAX_ANSWER_TOKENS  # answer length limit (greedy decoding); longer answers state no fact
     top_k: int = 2  # retrieved chunks given as context in the '+rag' systems
     batch_size: int = 16  # prompts generated together (left-padded, KV cache)
     judge: str = 'auto'  # G-Eval judge: 'auto' (when OPENAI_BASE_URL or the API key is set), 'on' or 'off'
@@ -118,7 +118,7 @@ def system_metrics(records:list[PPORecord], answers:list[dict], scores:list[floa
     m = {}
     m['reward'], m['reward_se'] = mean_se(scores)
     m['win_rate_vs_sft'] = win_rate(scores, sft_scores)
-    m['fact_acc'], m['fact_acc_se'] = mean_se([fact_accuracy(a['text'], r.facts, facts) for r, a in zip(records, answers) if r.kind == 'fact']
+    m['fact_acc'], m['fact_acc_se'] = mean_se([fact_accuracy(a['text'], r.facts, facts, a['n_tokens']) for r, a in zip(records, answers) if r.kind == 'fact']
                                               or [float('nan')])
     m['haeyo_rate'] = float(np.mean([is_haeyo(a['text']) for r, a in zip(records, answers) if r.kind != 'hostile']))
     m['eos_rate'] = float(np.mean([a['ended'] for a in answers]))

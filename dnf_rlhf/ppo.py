@@ -724,7 +724,7 @@ def before_after(layout:Layout, tok, records:list[PPORecord], run:Run, norm:dict
     from dnf_rlhf.demo_data import fact_key
     cfg = run.cfg('ppo')
     facts = {fact_key(f): f for f in load_facts(run.project.facts_file())}
-    acc = lambda a: fact_accuracy(a['answer'], a['facts'], facts) if a['facts'] else None
+    acc = lambda a: fact_accuracy(a['answer'], a['facts'], facts, a['tokens']) if a['facts'] else None
     ans = {(who, mode): answer_and_score(layout, tok, records, run, norm, reference=who == 'sft',
                                          temperature=cfg.temperature if mode == 'sampled' else None, reward_fn=reward_fn)
            for who in ('sft', 'ppo') for mode in ('sampled', 'greedy')}

@@ -6,11 +6,13 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/stats.html.md"""
 
 # %% ../nbs/92_stats.ipynb #5dea7d68
 from __future__ import annotations
-import math
+import math, re, unicodedata
+from typing import Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['mean_se', 'win_rate', 'length_baseline', 'bow_baseline', 'states_fact', 'fact_accuracy']
+__all__ = ['MAX_ANSWER_TOKENS', 'mean_se', 'win_rate', 'length_baseline', 'bow_baseline', 'normalise', 'states_fact',
+           'rival_values', 'fact_accuracy']
 
 # %% ../nbs/92_stats.ipynb #6b0b8cbc
 def mean_se(xs) -> tuple[float, float]:
@@ -52,11 +54,30 @@ def bow_baseline(train:list, test:list, steps:int=300, lr:float=0.5) -> float:
     return float(((s > 0).float() + 0.5 * (s == 0).float()).mean())
 
 # %% ../nbs/92_stats.ipynb #ce299cf5
-def states_fact(text:str, f) -> bool:
-    "True when `text` states the value of the fact `f` verbatim (not counting occurrences inside the entity's own name)."
-    return text.count(f.value) > text.count(f.entity) * f.entity.count(f.value)
+MAX_ANSWER_TOKENS = 64  # an answer longer than this states no fact; every figure generates at most this many new tokens
+_ALLOMORPHS = str.maketrans({'는': '은', '가': '이', '를': '을', '와': '과'})  # the two forms of a particle, written one way
 
-def fact_accuracy(text:str, keys:list[str], facts_by_key:dict) -> float:
-    "Fraction of the facts `keys` ('doc_id:attribute') whose value `text` states (1.0 when there are none)."
+def normalise(text:str) -> str:
+    "NFC `text` without whitespace and punctuation, each particle pair in one form (는→은, 가→이, 를→을, 와→과, 으로→로)."
+    return re.sub(r'[\W_]+', '', unicodedata.normalize('NFC', text)).replace('으로', '로').translate(_ALLOMORPHS)
+
+def states_fact(text:str, f, rivals:Iterable[str]=(), n_tokens:int=0) -> bool:
+    "True when `text` (at most MAX_ANSWER_TOKENS tokens) says `f.value` outside the entity's name and none of the `rivals`."
+    if n_tokens > MAX_ANSWER_TOKENS: return False
+    t, e = normalise(text), normalise(f.entity)
+    said = lambda v: t.count(v) > t.count(e) * e.count(v)  # occurrences inside the entity's own name do not count
+    v = normalise(f.value)
+    others = {r for r in map(normalise, rivals) if r and r not in v and v not in r and r not in e}  # not a part of the answer
+    return said(v) and not any(said(r) for r in others)
+
+def rival_values(f, facts:Iterable) -> list[str]:
+    "Values of `f`'s attribute that the facts table gives other entities, less those within the entity's own facts."
+    facts = list(facts)
+    own = [g.value for g in facts if g.doc_id == f.doc_id]  # a long answer may state the entity's other facts
+    return sorted({g.value for g in facts if g.attribute == f.attribute and g.doc_id != f.doc_id and not any(g.value in v for v in own)})
+
+def fact_accuracy(text:str, keys:list[str], facts_by_key:dict, n_tokens:int=0) -> float:
+    "Fraction of the facts `keys` ('doc_id:attribute') that `text` states (1.0 when there are none)."
     if not keys: return 1.0
-    return sum(states_fact(text, facts_by_key[k]) for k in keys) / len(keys)
+    f = facts_by_key
+    return sum(states_fact(text, f[k], rival_values(f[k], f.values()), n_tokens) for k in keys) / len(keys)

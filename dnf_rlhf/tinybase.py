@@ -14,12 +14,16 @@ import torch
 from tqdm.auto import tqdm
 from .core import *
 from .lore import load_corpus
-from .formats import held_out_docs, read_jsonl, DNF_TEST_DOCS
+import random
+from collections import defaultdict
+from .formats import read_jsonl
+from .lore import Fact, load_facts
+from .demo_data import fill, value_kind, load_splits, load_demo, choose_new_docs
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'TINYBASE', 'PAD_CANDIDATES', 'TinyBaseConfig', 'base_corpus', 'train_tokenizer', 'pack',
-           'unigram_loss', 'make_model', 'lm_loss', 'lr_at', 'train_base', 'build_tiny_base', 'train_tinybase',
-           'ensure_pad_token', 'continue_text']
+__all__ = ['SPECIAL_TOKENS', 'RESTATE_FORMS', 'TINYBASE', 'PAD_CANDIDATES', 'TinyBaseConfig', 'restatements', 'base_corpus',
+           'train_tokenizer', 'pack', 'unigram_loss', 'make_model', 'lm_loss', 'lr_at', 'train_base', 'build_tiny_base',
+           'train_tinybase', 'ensure_pad_token', 'continue_text']
 
 # %% ../nbs/01a_tiny_base.ipynb #0d6229a7
 @dataclass(frozen=True)
@@ -41,21 +45,41 @@ class TinyBaseConfig:
     betas: tuple = (0.9, 0.95)  # AdamW betas (GPT-3 / nanoGPT)
     grad_clip: float = 1.0  # max global gradient norm
     eval_every: int = 40  # steps between held-out evaluations
-    heldout_docs: int = 6  # lore documents kept out of training to measure held-out loss
+    heldout_docs: int = 6  # documents kept out to measure held-out loss: 02's new documents; this many when the data has no split
+    restatements: int = 6  # knowledge augmentation: restatements of each entity's facts per pass (Allen-Zhu & Li 2023)
     seed: int = 0  # everything is deterministic given this seed
 
 SPECIAL_TOKENS = {'eos': '<|endoftext|>', 'pad': '<|padding|>'}  # pad is distinct from EOS from the start
 
 # %% ../nbs/01a_tiny_base.ipynb #7a5caf32
-def base_corpus(cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None) -> tuple[list[str], list[str], list[str]]:
-    "(train texts, held-out texts, held-out doc ids): lore documents plus the demo data's training-split text."
+RESTATE_FORMS = {  # value kind -> plain-style (-다) sentences stating one fact; {E} entity, {A} attribute, {V} value
+    'noun': ('{E}의 {A:은} {V:이다}.', '{V:은} {E}의 {A:이다}.', '{E}에 대해 말하자면, {A:은} {V:이다}.',
+             '사람들은 {E}의 {A:을} {V:이라고} 전한다.', '{E}의 {A}: {V}.', '{E} — {A}: {V}.'),
+    'other': ('{E}의 {A}: {V}.', '{E} — {A}: {V}.', '{E}의 {A:을} 한마디로 하면 이렇다. {V}.'),
+}
+
+def restatements(facts:list[Fact], n:int, seed:int=0) -> list[str]:
+    "`n` short texts per entity restating all its facts in a random order, each fact in a random form (seeded)."
+    by_entity = defaultdict(list)
+    for f in sorted(facts, key=lambda f: (f.doc_id, f.attribute)): by_entity[f.doc_id].append(f)
+    forms = lambda f: RESTATE_FORMS['noun' if value_kind(f.value) == 'noun' else 'other']
+    out = []
+    for doc_id, fs in by_entity.items():
+        for i in range(n):
+            rng = random.Random(f'{seed}:{doc_id}:{i}')
+            out.append(' '.join(fill(rng.choice(forms(f)), E=f.entity, A=f.attribute, V=f.value) for f in rng.sample(fs, len(fs))))
+    return out
+
+def base_corpus(cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, facts_file=None) -> tuple[list[str], list[str], list[str]]:
+    "(train texts, held-out texts, held-out doc ids): readable documents, their facts restated, the demo data's training text."
     docs = load_corpus(corpus_dir)
-    test_docs = held_out_docs([d.id for d in docs], 0.2, include=DNF_TEST_DOCS)
-    candidates = sorted(set(d.id for d in docs) - test_docs)
-    heldout = sorted(held_out_docs(candidates, cfg.heldout_docs / len(candidates), salt='tinybase'))
+    demo = Path(demo_dir) if demo_dir else data_dir()/'demo'
+    splits = load_splits(demo)
+    heldout = sorted(splits.new_docs if splits else choose_new_docs([d.id for d in docs], cfg.heldout_docs, cfg.seed))
     train = [f"{d.title}\n\n{d.text}" for d in docs if d.id not in heldout]
     held = [f"{d.title}\n\n{d.text}" for d in docs if d.id in heldout]
-    demo = Path(demo_dir) if demo_dir else data_dir()/'demo'
+    facts = load_facts(facts_file, docs=docs)
+    train += restatements([f for f in facts if f.doc_id not in heldout], cfg.restatements, cfg.seed)
     for name in ('sft_train.jsonl', 'ppo_train.jsonl'):
         if (demo/name).exists():
             for r in read_jsonl(demo/name):
@@ -158,12 +182,12 @@ def _plot_losses(hist:dict, unigram:float, path):
     ax.set_xlabel('step'); ax.set_ylabel('cross-entropy (nats/token)'); ax.set_title('tiny base: language-model loss')
     ax.legend(); fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
-def build_tiny_base(out, cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None) -> dict:
+def build_tiny_base(out, cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, facts_file=None) -> dict:
     "Train the tokenizer and the base model `cfg` into `out/model`; write metrics and the loss curve."
     out = Path(out)
     set_seed(cfg.seed)
     t0 = time.time()
-    train_texts, held_texts, held_ids = base_corpus(cfg, corpus_dir, demo_dir)
+    train_texts, held_texts, held_ids = base_corpus(cfg, corpus_dir, demo_dir, facts_file)
     tokenizer = train_tokenizer(train_texts, cfg)
     blocks, held = pack(train_texts, tokenizer, cfg.seq_len), pack(held_texts, tokenizer, cfg.seq_len)
     model = make_model(cfg, tokenizer)
@@ -185,7 +209,8 @@ def build_tiny_base(out, cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None) -> 
 def train_tinybase(out, run:Run) -> dict:
     "The tinybase stage: the project's own base model trained into `out`, or for another base a record of which one."
     if run.preset.own_base:
-        metrics = build_tiny_base(out, run.cfg('tinybase'), run.project.corpus_path(), run.project.datasets_path())
+        metrics = build_tiny_base(out, run.cfg('tinybase'), run.project.corpus_path(), run.project.datasets_path(),
+                                  run.project.facts_file())
     else:
         metrics = {'base/hub_id': run.preset.base.name, 'base/revision': run.preset.base.revision}
         write_metrics(out, metrics)
@@ -193,7 +218,7 @@ def train_tinybase(out, run:Run) -> dict:
     return metrics
 
 TINYBASE = register(Stage('tinybase', '01a_tiny_base.ipynb', train_tinybase, TinyBaseConfig,
-                          inputs=('lore', 'sft_train.jsonl', 'ppo_train.jsonl'), code=('tinybase.py',), on_base=False,
+                          inputs=('lore', 'facts', 'sft_train.jsonl', 'ppo_train.jsonl', 'stats.json'), code=('tinybase.py', 'demo_data.py'), on_base=False,
                           cached=True, help="the project's own base model on tiny presets; the hub id otherwise"))
 
 # %% ../nbs/01a_tiny_base.ipynb #79ab2ef3

@@ -1,7 +1,8 @@
 "The committed demo datasets: rebuilt byte-identical, counts, length-baseline band, traceable facts, no test/train near-duplicates."
 import pytest
-from dnf_rlhf.demo_data import (DEMO_FILES, DNF_QUESTIONS, PPO_SIGNOFF, REJECTION_TYPES, FactBook, demo_dir, fact_accuracy,
-                                is_haeyo, length_baseline, load_demo, write_demo_data)
+from collections import Counter
+from dnf_rlhf.demo_data import (DEMO_FILES, DNF_QUESTIONS, PPO_SIGNOFF, REJECTION_TYPES, ASKED, UNASKED, NEW, FactBook, demo_dir,
+                                fact_accuracy, is_haeyo, length_baseline, load_demo, load_splits, record_group, write_demo_data)
 from dnf_rlhf.formats import filter_near_duplicates
 from dnf_rlhf.lore import load_corpus, load_facts
 
@@ -51,13 +52,21 @@ def test_no_test_prompt_near_duplicates_a_training_prompt(data):
     kept, dropped = filter_near_duplicates(test, 0.7, pool=train)
     assert not dropped, [(test[i], near, round(s, 2)) for i, near, s in dropped[:5]]
 
-def test_split_by_document(data):
-    test_docs = {r.doc_id for _, te in data.values() for r in te if r.doc_id}
-    train_docs = {r.doc_id for tr, _ in data.values() for r in tr if r.doc_id}
-    assert not test_docs & train_docs
-    assert {'character-tauking-shauta', 'character-ophelia-vagrance', 'region-murkwood'} <= test_docs
+def test_split_mirrors_real_use(data, book):
+    "Training files ask only about asked facts; each held-out group has its questions; the data README lists the new documents."
+    splits = load_splits()
+    train_groups = {record_group(r, splits) for tr, _ in data.values() for r in tr}
+    assert train_groups <= {ASKED, 'handwritten', 'other'}
+    assert not {r.doc_id for tr, _ in data.values() for r in tr} & set(splits.new_docs)
+    questions = Counter(record_group(r, splits) for r in data['sft'][1] if r.kind.startswith('fact_'))
+    assert questions[ASKED] >= 100 and questions[UNASKED] >= 100 and questions[NEW] >= 60, questions
+    train_prompts = {r.prompt for r in data['sft'][0]}
+    assert not train_prompts & {r.prompt for r in data['sft'][1]}
     assert set(DNF_QUESTIONS.values()) <= {r.prompt for r in data['ppo'][1]}
-    ppo = data['ppo'][0] + data['ppo'][1]
+    assert {f'{d}:{a}' for d, a in DNF_QUESTIONS} <= set(splits.unasked)
+    readme = (demo_dir().parent/'README.md').read_text(encoding='utf-8')
+    assert all(f'`{d}`' in readme for d in splits.new_docs), 'dnf_rlhf/data/README.md must list the new documents'
+    ppo = data['ppo'][0]
     assert 0.10 <= sum(r.kind == 'hostile' for r in ppo) / len(ppo) <= 0.20
 
 def test_answers_are_traceable_to_fact_rows(data, book):
