@@ -2,7 +2,9 @@
 """SFT and reward model on the full `tiny` preset (2 CPU cores), plus a reward model trained and tested on the
 friendly & harmless project's VAIV preference pairs (../shared/data/vaiv, null without it).
 
-Last line: one JSON object with sft_eval_loss_start/end, sft_eos_rate, sft_haeyo_rate, rm_accuracy,
+Last line: one JSON object with sft_eval_loss_start/end, sft_eos_rate, sft_haeyo_rate, SFT's closed-book factual accuracy
+on each held-out group of 02's split (sft_fact_acc_a / _b / _new: greedy, <= 64 new tokens), the reward model's accuracies
+on each group's held-out pairs (rm_a_accuracy, rm_a_kind_mean, rm_a_accuracy_fact_swap, rm_a_length_baseline, ...), rm_accuracy,
 rm_accuracy_fact_swap, rm_length_baseline, rm_bow_baseline, the wall seconds of each stage, and
 rm_accuracy_vaiv / rm_length_baseline_vaiv next to that project's published RM v1 accuracy (0.65).
 Also `lm_prefers_true_*`: how often the base and SFT language models give the true answer of a fact-swap pair the
@@ -67,6 +69,25 @@ def knowledge_probe(run) -> dict:
             out[f'lm_prefers_true_{r}_{name}'] = round(sum(wins) / len(wins), 3)
     return out
 
+def closed_book_by_group(run) -> dict:
+    "SFT's closed-book factual accuracy (mean, SE) on the evaluation's fact questions of each group: greedy, <= 64 new tokens."
+    from dnf_rlhf.models import load_chat
+    from dnf_rlhf.chat import generate_answers
+    from dnf_rlhf.sft import sft_messages
+    from dnf_rlhf.evaluate import eval_prompts
+    from dnf_rlhf.demo_data import GROUP_TAGS, load_splits, record_group, fact_key
+    from dnf_rlhf.lore import load_facts
+    from dnf_rlhf.stats import fact_accuracy, mean_se, MAX_ANSWER_TOKENS
+    recs = [r for r in eval_prompts(run.project, run.cfg('eval')) if r.kind == 'fact']
+    model, tok = load_chat(run, 'sft')
+    answers = generate_answers(model, tok, [sft_messages(r, run) for r in recs], MAX_ANSWER_TOKENS)
+    facts, splits, out = {fact_key(f): f for f in load_facts()}, load_splits(), {}
+    for g, tag in GROUP_TAGS.items():
+        accs = [fact_accuracy(a['text'], r.facts, facts, a['n_tokens']) for r, a in zip(recs, answers) if record_group(r, splits) == g]
+        out[f'sft_fact_acc_{tag}'], out[f'sft_fact_acc_{tag}_se'] = mean_se(accs)
+        out[f'sft_fact_questions_{tag}'] = len(accs)
+    return out
+
 if __name__ == '__main__':
     run = Run(get_preset(sys.argv[1] if len(sys.argv) > 1 else 'tiny'))
     preset = run.preset
@@ -82,7 +103,9 @@ if __name__ == '__main__':
            'rm_accuracy': r['rm/accuracy'], 'rm_accuracy_fact_swap': r.get('rm/accuracy_fact_swap'),
            'rm_length_baseline': r['rm/length_baseline'], 'rm_bow_baseline': r['rm/bow_baseline'],
            'rm_reward_length_corr': r['rm/reward_length_corr'], 'rm_seconds': r['rm/train_seconds'],
-           'wall_seconds_this_run': {'base': t_base, 'sft': t_sft, 'rm': t_rm}}
+           'wall_seconds_this_run': {'base': t_base, 'sft': t_sft, 'rm': t_rm},
+           **{k.replace('/', '_'): v for k, v in r.items() if k.startswith(('rm/a/', 'rm/b/', 'rm/new/'))}}  # 02's groups
+    out.update(closed_book_by_group(run))
     out.update(knowledge_probe(run))
     out.update(vaiv_rm(run))
     print(json.dumps(out, ensure_ascii=False))

@@ -186,7 +186,7 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
         'ppo': dict(lr=3e-4, steps=48, ppo_epochs=2, micro_batch_size=4, init_kl_coef=0.1, kl_target=4.0,
                     kl_horizon=1000, checkpoint_every=8, sample_every=8, eval_prompts=64, cpu_threads=1),
         'rag': dict(embedder='tiny'),
-        'eval': dict(fact_prompts=9, persona_prompts=3, hostile_prompts=6, max_new_tokens=48, judge_prompts=3,
+        'eval': dict(fact_prompts=3, persona_prompts=3, hostile_prompts=6, max_new_tokens=48, judge_prompts=3,
                      table_rows=4),
     },
     'rehearsal': {  # a GPU preset rehearsed on a CPU (`--rehearse`): its code path on a stand-in, a few steps
@@ -195,7 +195,7 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
         'ppo': dict(steps=2, ppo_epochs=1, micro_batch_size=1, checkpoint_every=1, sample_every=1,
                     eval_prompts=4),  # micro-batches below the minibatch of 2
         'rag': dict(embedder='tiny'),
-        'eval': dict(fact_prompts=4, persona_prompts=2, hostile_prompts=2, max_new_tokens=16, judge='off',
+        'eval': dict(fact_prompts=2, persona_prompts=2, hostile_prompts=2, max_new_tokens=16, judge='off',
                      table_rows=2),
     },
     'full': {  # the GPU presets (`Preset.size` is None): the config classes' defaults, except

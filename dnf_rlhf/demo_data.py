@@ -20,15 +20,15 @@ from .stats import length_baseline, states_fact, fact_accuracy
 
 # %% auto #0
 __all__ = ['DNF_QUESTIONS', 'PPO_SIGNOFF', 'DEMO_FILES', 'JOSA', 'VALUE_KINDS', 'WHAT', 'ANSWER_NOUN', 'ANSWER_BY_KIND',
-           'ANSWER_CLAUSE', 'ANSWER_OVERRIDES', 'SUPPORT', 'OFFERS', 'NEW', 'ASKED', 'UNASKED', 'ATTR_CORES',
-           'WRAPPERS', 'REPHRASINGS', 'FORM_CUES', 'PERSONA', 'UNKNOWN_ENTITIES', 'UNKNOWN_ANSWERS', 'HOSTILE',
-           'REDIRECTS', 'ECHOES', 'HOSTILE_RUDE', 'PLAIN_QUESTIONS', 'PARAPHRASES', 'QUESTION_WORDS', 'REJECTION_TYPES',
-           'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER', 'UNRELATED_ANSWER', 'SCHEMAS', 'DemoDataConfig',
-           'final_consonant', 'josa', 'fill', 'value_kind', 'sentences', 'fact_key', 'state', 'stable_hash', 'pick',
-           'support_fact', 'answer', 'Splits', 'choose_new_docs', 'split_facts', 'cue_form', 'question_variants',
-           'answer_sentence', 'reused_stems', 'mention_form', 'banmal', 'by_length', 'truncations', 'FactBook', 'Slot',
-           'select_prompts', 'build_demo_data', 'record_group', 'demo_stats', 'demo_dir', 'write_demo_files',
-           'write_demo_data', 'load_splits', 'load_demo']
+           'ANSWER_CLAUSE', 'ANSWER_OVERRIDES', 'SUPPORT', 'OFFERS', 'NEW', 'ASKED', 'UNASKED', 'GROUP_TAGS',
+           'ATTR_CORES', 'WRAPPERS', 'REPHRASINGS', 'FORM_CUES', 'PERSONA', 'UNKNOWN_ENTITIES', 'UNKNOWN_ANSWERS',
+           'HOSTILE', 'REDIRECTS', 'ECHOES', 'HOSTILE_RUDE', 'PLAIN_QUESTIONS', 'PARAPHRASES', 'QUESTION_WORDS',
+           'REJECTION_TYPES', 'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER', 'UNRELATED_ANSWER', 'SCHEMAS',
+           'DemoDataConfig', 'final_consonant', 'josa', 'fill', 'value_kind', 'sentences', 'fact_key', 'state',
+           'stable_hash', 'pick', 'support_fact', 'answer', 'Splits', 'choose_new_docs', 'split_facts', 'cue_form',
+           'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'banmal', 'by_length', 'truncations',
+           'FactBook', 'Slot', 'select_prompts', 'build_demo_data', 'record_group', 'demo_stats', 'demo_dir',
+           'write_demo_files', 'write_demo_data', 'load_splits', 'load_demo']
 
 # %% ../nbs/02_demo_data.ipynb #c3df582d
 DNF_QUESTIONS = {  # the DnF project's three test questions, verbatim, and the fact each one asks for
@@ -222,6 +222,7 @@ def answer(f:Fact, form:str, entity_facts:dict[str, Fact], category:str, value:s
 
 # %% ../nbs/02_demo_data.ipynb #c862e6c4
 NEW, ASKED, UNASKED = 'new', 'asked', 'unasked'  # the three groups of facts
+GROUP_TAGS = {ASKED: 'a', UNASKED: 'b', NEW: 'new'}  # how metric keys name them: (a), (b), new documents
 
 @dataclass(frozen=True)
 class Splits:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import numpy as np
 from .core import *
-from .formats import PPORecord, read_jsonl, rouge_l
+from .formats import PPORecord, SFTRecord, read_jsonl, rouge_l
+from .demo_data import GROUP_TAGS
 from .chat import prepare_tokenizer, generate_answers, is_haeyo
 from .stats import mean_se, win_rate, fact_accuracy, MAX_ANSWER_TOKENS
 from .models import load_chat
@@ -30,7 +31,7 @@ __all__ = ['REDIRECT_MARKERS', 'AGREE_MARKERS', 'MODELS', 'SYSTEMS', 'REQUIRED_M
 @dataclass(frozen=True)
 class EvalStageConfig:
     "What the evaluation asks, of whom, and how answers are produced."
-    fact_prompts: int = 64  # held-out fact questions (the DnF project's three first); the PPO acceptance asks for >= 64
+    fact_prompts: int = 100  # held-out fact questions per group — (a) asked facts reworded, (b) unasked facts, new documents
     persona_prompts: int|None = None  # held-out persona/small-talk prompts (None: all)
     hostile_prompts: int|None = None  # held-out hostile prompts for the harmlessness rate (None: all)
     max_new_tokens: int = MAX_ANSWER_TOKENS  # answer length limit (greedy decoding); longer answers state no fact
@@ -43,11 +44,20 @@ class EvalStageConfig:
 
 # %% ../nbs/08_evaluation.ipynb #530058d5
 def eval_prompts(project:ProjectConfig, cfg:EvalStageConfig) -> list[PPORecord]:
-    "The held-out prompts: fact questions (DnF's three first), persona prompts, hostile prompts."
+    "The held-out prompts: fact questions (DnF's three first, up to `fact_prompts` per group), persona, hostile."
     from dnf_rlhf.ppo import heldout_ppo_records
+    from dnf_rlhf.demo_data import load_splits, record_group
     recs = heldout_ppo_records(project)
     take = lambda kind, n: [r for r in recs if r.kind == kind][:n]
-    return take('fact', cfg.fact_prompts) + take('persona', cfg.persona_prompts) + take('hostile', cfg.hostile_prompts)
+    splits, sft_test = load_splits(project.datasets_path()), project.datasets_path()/'sft_test.jsonl'
+    if splits is None: facts = take('fact', cfg.fact_prompts)
+    else:
+        seen, pool = {r.prompt for r in recs}, [r for r in recs if r.kind == 'fact']
+        pool += [PPORecord(prompt=r.prompt, doc_id=r.doc_id, kind='fact', facts=r.facts) for r in read_jsonl(sft_test, SFTRecord)
+                 if r.kind.startswith('fact_') and r.prompt not in seen] if sft_test.exists() else []
+        groups = [record_group(r, splits) for r in pool]
+        facts = [r for i, (r, g) in enumerate(zip(pool, groups)) if groups[:i].count(g) < cfg.fact_prompts]
+    return facts + take('persona', cfg.persona_prompts) + take('hostile', cfg.hostile_prompts)
 
 # %% ../nbs/08_evaluation.ipynb #67593714
 def distinct_n(texts:list[str], n:int) -> float:
@@ -113,13 +123,17 @@ def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], 
 REQUIRED_METRICS = ('reward', 'reward_se', 'win_rate_vs_sft', 'fact_acc', 'fact_acc_se', 'haeyo_rate', 'eos_rate', 'tokens',
                     'distinct_1', 'distinct_2', 'harmless_rate', 'harmless_rate_se')
 
-def system_metrics(records:list[PPORecord], answers:list[dict], scores:list[float], sft_scores:list[float], facts:dict) -> dict:
-    "The metrics of one system's `answers` (REQUIRED_METRICS, unprefixed)."
+def system_metrics(records:list[PPORecord], answers:list[dict], scores:list[float], sft_scores:list[float], facts:dict,
+                   groups:list|None=None) -> dict:
+    "The metrics of one system's `answers` (REQUIRED_METRICS, unprefixed), and factual accuracy per fact `groups` (02's split)."
     m = {}
     m['reward'], m['reward_se'] = mean_se(scores)
     m['win_rate_vs_sft'] = win_rate(scores, sft_scores)
     m['fact_acc'], m['fact_acc_se'] = mean_se([fact_accuracy(a['text'], r.facts, facts, a['n_tokens']) for r, a in zip(records, answers) if r.kind == 'fact']
                                               or [float('nan')])
+    for g in dict.fromkeys(g for g in groups or [] if g in GROUP_TAGS):
+        m[f'fact_acc_{GROUP_TAGS[g]}'], m[f'fact_acc_{GROUP_TAGS[g]}_se'] = mean_se(
+            [fact_accuracy(a['text'], r.facts, facts, a['n_tokens']) for r, a, h in zip(records, answers, groups) if h == g])
     m['haeyo_rate'] = float(np.mean([is_haeyo(a['text']) for r, a in zip(records, answers) if r.kind != 'hostile']))
     m['eos_rate'] = float(np.mean([a['ended'] for a in answers]))
     m['tokens'] = float(np.mean([a['n_tokens'] for a in answers]))
@@ -191,7 +205,7 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
     from tqdm.auto import tqdm
     from dnf_rlhf.reward import load_rm
     from dnf_rlhf.lore import load_facts
-    from dnf_rlhf.demo_data import fact_key
+    from dnf_rlhf.demo_data import fact_key, load_splits, record_group
     from dnf_rlhf.rag import load_questions, evaluate_retrieval
     project, cfg = run.project, run.cfg('eval')
     set_seed(cfg.seed)
@@ -211,9 +225,11 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
     scores = {s: rm_scores(rm, rtok, norm, records, answers[s], run) for s in SYSTEMS}
     del rm
     facts = {fact_key(f): f for f in load_facts(project.facts_file())}
+    splits = load_splits(project.datasets_path())
+    groups = [record_group(r, splits) if splits and r.kind == 'fact' else None for r in records]
     metrics = {}
     for s in SYSTEMS:
-        metrics.update({f'eval/{s}/{k}': v for k, v in system_metrics(records, answers[s], scores[s], scores['sft'], facts).items()})
+        metrics.update({f'eval/{s}/{k}': v for k, v in system_metrics(records, answers[s], scores[s], scores['sft'], facts, groups).items()})
     wins = {a: {b: win_rate(scores[a], scores[b]) for b in SYSTEMS} for a in SYSTEMS}
     # 4. retrieval recall on the retrieval questions
     try: retrieval = evaluate_retrieval(retriever, load_questions(project))
@@ -226,7 +242,7 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
         judged = run_judge(records, {s: [a['text'] for a in answers[s]] for s in SYSTEMS}, cfg, judge_cfg, judge_out or tempfile.mkdtemp())
         for s, row in judged.items():
             metrics.update({f'eval/{s}/judge_{k}': v for k, v in row.items() if v is not None})
-    return dict(records=[r.model_dump() for r in records], answers=answers, scores=scores, metrics=metrics, win_rates=wins,
+    return dict(records=[dict(r.model_dump(), group=g) for r, g in zip(records, groups)], answers=answers, scores=scores, metrics=metrics, win_rates=wins,
                 retrieval=retrieval, judge=judged, judge_model=judge_cfg.model if judge_cfg else None)
 
 # %% ../nbs/08_evaluation.ipynb #48ef441e
@@ -257,6 +273,12 @@ def eval_report_markdown(rep:dict, img_prefix:str='', runtimes:bool=True) -> str
         g = lambda k: m[f'eval/{s}/{k}']
         L.append(f"| {s} | {_pm(m, s, 'reward')} | {g('win_rate_vs_sft'):.3f} | {_pm(m, s, 'fact_acc')} | {_pm(m, s, 'harmless_rate')} | "
                  f"{g('haeyo_rate'):.3f} | {g('eos_rate'):.3f} | {g('tokens'):.1f} | {g('distinct_1'):.3f} | {g('distinct_2'):.3f} |")
+    if any(f'eval/sft/fact_acc_{g}' in m for g in GROUP_TAGS.values()):
+        gs = [g for g in GROUP_TAGS.values() if f'eval/sft/fact_acc_{g}' in m]
+        L += ['', '### 사실 정확도, 무리별 (factual accuracy by group)', '',
+              '(a) asked facts in new wordings, (b) facts only the base read, new = documents only the retrieval index holds.', '',
+              '| system | ' + ' | '.join(gs) + ' |', '|---|' + '---:|' * len(gs)]
+        L += [f"| {s} | " + ' | '.join(_pm(m, s, f'fact_acc_{g}') for g in gs) + ' |' for s in SYSTEMS]
     L += ['', '### 승률 행렬 (win rate of row over column, under the RM)', '', '| | ' + ' | '.join(SYSTEMS) + ' |',
           '|---|' + '---:|' * len(SYSTEMS)]
     L += [f"| {a} | " + ' | '.join(f"{rep['win_rates'][a][b]:.2f}" for b in SYSTEMS) + ' |' for a in SYSTEMS]
@@ -325,7 +347,7 @@ def train_eval(out, run:Run) -> dict:
     return res['metrics']
 
 EVAL = register(Stage('eval', '08_evaluation.ipynb', train_eval, EvalStageConfig, needs=(*MODELS[1:], 'rm'),
-                      inputs=('ppo_test.jsonl', 'retrieval_train.jsonl', 'retrieval_test.jsonl', 'facts'),
+                      inputs=('ppo_test.jsonl', 'sft_test.jsonl', 'stats.json', 'retrieval_train.jsonl', 'retrieval_test.jsonl', 'facts'),
                       help='base and every chat model, with and without retrieval: the closing report'))
 
 def metric_differences(old:dict, new:dict, rel:float=1e-6) -> list[str]:

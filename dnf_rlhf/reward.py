@@ -18,10 +18,11 @@ from .chat import build_messages, completion_ids, render_prompt, prepare_tokeniz
 from .models import load_pretrained, load_chat
 from .sft import trainer_precision
 from .stats import length_baseline, bow_baseline
+from .demo_data import GROUP_TAGS, load_splits, record_group
 
 # %% auto #0
 __all__ = ['RM', 'RMStageConfig', 'rm_messages', 'rm_input_ids', 'load_pairs', 'tokenize_pairs', 'score_ids', 'train_rm',
-           'rm_diagnostics', 'reward_normalisation', 'load_rm']
+           'pair_accuracies', 'rm_diagnostics', 'reward_normalisation', 'load_rm']
 
 # %% ../nbs/04_reward_model.ipynb #4667e44b
 @dataclass(frozen=True)
@@ -124,21 +125,31 @@ def train_rm(out, run:Run, normalise:bool=True) -> dict:
     return metrics
 
 # %% ../nbs/04_reward_model.ipynb #88d0eb9a
+def pair_accuracies(pairs:list[PairRecord], wins:list[float], prefix:str='rm/') -> dict:
+    "Accuracy over `pairs` (`wins`: 1 where the chosen answer scored higher), per rejection kind, their mean, the length baseline."
+    by_kind = defaultdict(list)
+    for p, w in zip(pairs, wins): by_kind[p.kind or 'unlabelled'].append(w)
+    kinds = {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
+    return {f'{prefix}accuracy': sum(wins) / len(wins), **{f'{prefix}accuracy_{k}': v for k, v in kinds.items()},
+            f'{prefix}kind_mean': sum(kinds.values()) / len(kinds), f'{prefix}length_baseline': length_baseline(pairs)}
+
 def rm_diagnostics(model, tok, train_pairs, test_pairs, run:Run, out) -> dict:
     "Held-out accuracy (overall and per kind), baselines, reward-length correlation, histograms, collapse check."
     cfg, msgs = run.cfg('rm'), [rm_messages(p.prompt, run) for p in test_pairs]
     rc = score_ids(model, tok, [rm_input_ids(tok, m, p.chosen) for m, p in zip(msgs, test_pairs)])
     rr = score_ids(model, tok, [rm_input_ids(tok, m, p.rejected) for m, p in zip(msgs, test_pairs)])
     win = (rc > rr).float()
-    by_kind = defaultdict(list)
-    for p, w in zip(test_pairs, win.tolist()): by_kind[p.kind or 'unlabelled'].append(w)
+    splits = load_splits(run.project.datasets_path())
+    groups = [record_group(p, splits) if splits else None for p in test_pairs]
     scores = torch.cat([rc, rr])
     lens = torch.tensor([float(len(p.chosen)) for p in test_pairs] + [float(len(p.rejected)) for p in test_pairs])
     corr = float(torch.corrcoef(torch.stack([scores, lens]))[0, 1])
-    m = {'rm/accuracy': float(win.mean()), **{f'rm/accuracy_{k}': sum(v) / len(v) for k, v in sorted(by_kind.items())},
-         'rm/length_baseline': length_baseline(test_pairs), 'rm/bow_baseline': bow_baseline(train_pairs, test_pairs),
+    m = {**pair_accuracies(test_pairs, win.tolist()), 'rm/bow_baseline': bow_baseline(train_pairs, test_pairs),
          'rm/reward_length_corr': corr, 'rm/margin_mean': float((rc - rr).mean()),
          'rm/score_std_unrelated': float(scores.std())}
+    for g, tag in GROUP_TAGS.items():  # 02's groups: (a) asked facts reworded, (b) unasked facts, new documents
+        pg = [(p, w) for p, w, h in zip(test_pairs, win.tolist(), groups) if h == g]
+        if pg: m.update(pair_accuracies(*map(list, zip(*pg)), prefix=f'rm/{tag}/'))
     _plot_hist(rc, rr, out/'scores.png')
     save_json(out/'test_scores.json', {'chosen': rc.tolist(), 'rejected': rr.tolist(), 'kind': [p.kind for p in test_pairs]})
     if m['rm/score_std_unrelated'] < cfg.collapse_std:
