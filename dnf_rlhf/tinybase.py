@@ -18,12 +18,14 @@ import random
 from collections import defaultdict
 from .formats import read_jsonl
 from .lore import Fact, load_facts
-from .demo_data import fill, value_kind, load_splits, load_demo, choose_new_docs
+from .lore import Doc
+from .demo_data import (fill, value_kind, load_splits, load_demo, choose_new_docs, fact_key, state,
+                                question_variants, ASKED)
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'RESTATE_FORMS', 'TINYBASE', 'PAD_CANDIDATES', 'TinyBaseConfig', 'restatements', 'base_corpus',
-           'train_tokenizer', 'pack', 'unigram_loss', 'make_model', 'lm_loss', 'lr_at', 'train_base', 'build_tiny_base',
-           'train_tinybase', 'ensure_pad_token', 'continue_text']
+__all__ = ['SPECIAL_TOKENS', 'RESTATE_FORMS', 'TINYBASE', 'PAD_CANDIDATES', 'TinyBaseConfig', 'restatements', 'drills',
+           'base_corpus', 'train_tokenizer', 'pack', 'unigram_loss', 'make_model', 'lm_loss', 'lr_at', 'train_base',
+           'build_tiny_base', 'train_tinybase', 'ensure_pad_token', 'continue_text']
 
 # %% ../nbs/01a_tiny_base.ipynb #0d6229a7
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class TinyBaseConfig:
     eval_every: int = 40  # steps between held-out evaluations
     heldout_docs: int = 6  # documents kept out to measure held-out loss: 02's new documents; this many when the data has no split
     restatements: int = 6  # knowledge augmentation: restatements of each entity's facts per pass (Allen-Zhu & Li 2023)
+    drills: bool = True  # every training wording of each asked fact's question, with its answer (mixed training)
     seed: int = 0  # everything is deterministic given this seed
 
 SPECIAL_TOKENS = {'eos': '<|endoftext|>', 'pad': '<|padding|>'}  # pad is distinct from EOS from the start
@@ -70,6 +73,13 @@ def restatements(facts:list[Fact], n:int, seed:int=0) -> list[str]:
             out.append(' '.join(fill(rng.choice(forms(f)), E=f.entity, A=f.attribute, V=f.value) for f in rng.sample(fs, len(fs))))
     return out
 
+def drills(facts:list[Fact], splits, docs:list[Doc]) -> list[str]:
+    "Each asked fact's questions in every training wording (the table's question, the medium wrappers), each with its answer."
+    cat = {d.id: d.category for d in docs}
+    asked = [f for f in facts if splits.group(f.doc_id, fact_key(f)) == ASKED]
+    return [f"{q}\n{state(f, cat[f.doc_id])}" for f in asked
+            for q in dict.fromkeys([f.question] + question_variants(f, 'medium', cat[f.doc_id], 0))]
+
 def base_corpus(cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, facts_file=None) -> tuple[list[str], list[str], list[str]]:
     "(train texts, held-out texts, held-out doc ids): readable documents, their facts restated, the demo data's training text."
     docs = load_corpus(corpus_dir)
@@ -80,6 +90,7 @@ def base_corpus(cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, facts_file=N
     held = [f"{d.title}\n\n{d.text}" for d in docs if d.id in heldout]
     facts = load_facts(facts_file, docs=docs)
     train += restatements([f for f in facts if f.doc_id not in heldout], cfg.restatements, cfg.seed)
+    if cfg.drills and splits: train += drills(facts, splits, docs)
     for name in ('sft_train.jsonl', 'ppo_train.jsonl'):
         if (demo/name).exists():
             for r in read_jsonl(demo/name):
