@@ -129,11 +129,10 @@ def system_metrics(records:list[PPORecord], answers:list[dict], scores:list[floa
     m = {}
     m['reward'], m['reward_se'] = mean_se(scores)
     m['win_rate_vs_sft'] = win_rate(scores, sft_scores)
-    m['fact_acc'], m['fact_acc_se'] = mean_se([fact_accuracy(a['text'], r.facts, facts, a['n_tokens']) for r, a in zip(records, answers) if r.kind == 'fact']
-                                              or [float('nan')])
+    acc = [fact_accuracy(a['text'], r.facts, facts, a['n_tokens']) if r.kind == 'fact' else None for r, a in zip(records, answers)]
+    m['fact_acc'], m['fact_acc_se'] = mean_se([x for x in acc if x is not None] or [float('nan')])
     for g in dict.fromkeys(g for g in groups or [] if g in GROUP_TAGS):
-        m[f'fact_acc_{GROUP_TAGS[g]}'], m[f'fact_acc_{GROUP_TAGS[g]}_se'] = mean_se(
-            [fact_accuracy(a['text'], r.facts, facts, a['n_tokens']) for r, a, h in zip(records, answers, groups) if h == g])
+        m[f'fact_acc_{GROUP_TAGS[g]}'], m[f'fact_acc_{GROUP_TAGS[g]}_se'] = mean_se([x for x, h in zip(acc, groups) if h == g])
     m['haeyo_rate'] = float(np.mean([is_haeyo(a['text']) for r, a in zip(records, answers) if r.kind != 'hostile']))
     m['eos_rate'] = float(np.mean([a['ended'] for a in answers]))
     m['tokens'] = float(np.mean([a['n_tokens'] for a in answers]))

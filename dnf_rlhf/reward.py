@@ -17,8 +17,8 @@ from .formats import PairRecord, RankedRecord, PPORecord, read_jsonl
 from .chat import build_messages, completion_ids, render_prompt, prepare_tokenizer
 from .models import load_pretrained, load_chat
 from .sft import trainer_precision
-from .stats import length_baseline, bow_baseline
-from .demo_data import GROUP_TAGS, load_splits, record_group
+from .stats import length_baseline, bow_baseline, mean_se
+from .demo_data import GROUP_TAGS, REJECTION_TYPES, load_splits, record_group
 
 # %% auto #0
 __all__ = ['RM', 'RMStageConfig', 'rm_messages', 'rm_input_ids', 'load_pairs', 'tokenize_pairs', 'score_ids', 'train_rm',
@@ -126,12 +126,13 @@ def train_rm(out, run:Run, normalise:bool=True) -> dict:
 
 # %% ../nbs/04_reward_model.ipynb #88d0eb9a
 def pair_accuracies(pairs:list[PairRecord], wins:list[float], prefix:str='rm/') -> dict:
-    "Accuracy over `pairs` (`wins`: 1 where the chosen answer scored higher), per rejection kind, their mean, the length baseline."
+    "Accuracy over `pairs` (`wins`: 1 where the chosen answer scored higher), per kind, the mean over REJECTION_TYPES, length baseline."
     by_kind = defaultdict(list)
     for p, w in zip(pairs, wins): by_kind[p.kind or 'unlabelled'].append(w)
     kinds = {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
     return {f'{prefix}accuracy': sum(wins) / len(wins), **{f'{prefix}accuracy_{k}': v for k, v in kinds.items()},
-            f'{prefix}kind_mean': sum(kinds.values()) / len(kinds), f'{prefix}length_baseline': length_baseline(pairs)}
+            f'{prefix}kind_mean': mean_se([v for k, v in kinds.items() if k in REJECTION_TYPES] or [float('nan')])[0],
+            f'{prefix}length_baseline': length_baseline(pairs)}
 
 def rm_diagnostics(model, tok, train_pairs, test_pairs, run:Run, out) -> dict:
     "Held-out accuracy (overall and per kind), baselines, reward-length correlation, histograms, collapse check."

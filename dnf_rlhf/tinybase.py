@@ -7,18 +7,15 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/tiny_base.html.md"""
 
 # %% ../nbs/01a_tiny_base.ipynb #e6da0d8c
 from __future__ import annotations
-import json, math, shutil, time
+import json, math, random, shutil, time
+from collections import defaultdict
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from .core import *
-from .lore import load_corpus
-import random
-from collections import defaultdict
 from .formats import read_jsonl
-from .lore import Fact, load_facts
-from .lore import Doc
+from .lore import Doc, Fact, load_corpus, load_facts
 from .demo_data import (fill, value_kind, load_splits, load_demo, choose_new_docs, fact_key, state,
                                 question_variants, ASKED)
 
