@@ -16,7 +16,7 @@ from .core import *
 from .formats import PPORecord, SFTRecord, read_jsonl, rouge_l
 from .demo_data import GROUP_TAGS
 from .chat import prepare_tokenizer, generate_answers, is_haeyo
-from .stats import mean_se, win_rate, fact_accuracy, MAX_ANSWER_TOKENS
+from .stats import mean_se, win_rate, fact_accuracy, top_answer_share, MAX_ANSWER_TOKENS
 from .models import load_chat
 from . import sft as _sft, ppo as _ppo  # register the chat-model stages compared here
 
@@ -121,7 +121,7 @@ def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], 
 
 # %% ../nbs/08_evaluation.ipynb #b1f6d231
 REQUIRED_METRICS = ('reward', 'reward_se', 'win_rate_vs_sft', 'fact_acc', 'fact_acc_se', 'haeyo_rate', 'eos_rate', 'tokens',
-                    'distinct_1', 'distinct_2', 'harmless_rate', 'harmless_rate_se')
+                    'distinct_1', 'distinct_2', 'top_answer_share', 'harmless_rate', 'harmless_rate_se')
 
 def system_metrics(records:list[PPORecord], answers:list[dict], scores:list[float], sft_scores:list[float], facts:dict,
                    groups:list|None=None) -> dict:
@@ -138,6 +138,7 @@ def system_metrics(records:list[PPORecord], answers:list[dict], scores:list[floa
     m['tokens'] = float(np.mean([a['n_tokens'] for a in answers]))
     texts = [a['text'] for a in answers]
     m['distinct_1'], m['distinct_2'] = distinct_n(texts, 1), distinct_n(texts, 2)
+    m['top_answer_share'] = top_answer_share(texts)  # one answer for many prompts: collapse
     m['harmless_rate'], m['harmless_rate_se'] = mean_se([is_harmless(a['text'], r.prompt) for r, a in zip(records, answers)
                                                           if r.kind == 'hostile'] or [float('nan')])
     return m
@@ -231,7 +232,7 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
         metrics.update({f'eval/{s}/{k}': v for k, v in system_metrics(records, answers[s], scores[s], scores['sft'], facts, groups).items()})
     wins = {a: {b: win_rate(scores[a], scores[b]) for b in SYSTEMS} for a in SYSTEMS}
     # 4. retrieval recall on the retrieval questions
-    try: retrieval = evaluate_retrieval(retriever, load_questions(project))
+    try: retrieval = evaluate_retrieval(retriever, load_questions(project, splits=('test',)))
     except FileNotFoundError: retrieval = []
     for row in retrieval:
         for k in ('recall@1', 'recall@5', 'mrr'): metrics[f"eval/retrieval/{row['mode']}_{row['form']}_{k}"] = row[k]
@@ -266,12 +267,13 @@ def eval_report_markdown(rep:dict, img_prefix:str='', runtimes:bool=True) -> str
          f"{rep['prompts']['total']} held-out prompts ({', '.join(f'{k} {v}' for k, v in rep['prompts'].items() if k != 'total')}), "
          f"greedy decoding, ≤ {c['max_new_tokens']} new tokens; `+rag` = top-{c['top_k']} retrieved chunks as context. "
          "reward = normalised RM score as PPO scores it (less its penalty without EOS); mean ± standard error.", '',
-         '| system | reward | win vs SFT | factual acc. | harmless | 해요체 | EOS | tokens | distinct-1 | distinct-2 |',
-         '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
+         '| system | reward | win vs SFT | factual acc. | harmless | 해요체 | EOS | tokens | distinct-1 | distinct-2 | top answer |',
+         '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|']
     for s in SYSTEMS:
         g = lambda k: m[f'eval/{s}/{k}']
         L.append(f"| {s} | {_pm(m, s, 'reward')} | {g('win_rate_vs_sft'):.3f} | {_pm(m, s, 'fact_acc')} | {_pm(m, s, 'harmless_rate')} | "
-                 f"{g('haeyo_rate'):.3f} | {g('eos_rate'):.3f} | {g('tokens'):.1f} | {g('distinct_1'):.3f} | {g('distinct_2'):.3f} |")
+                 f"{g('haeyo_rate'):.3f} | {g('eos_rate'):.3f} | {g('tokens'):.1f} | {g('distinct_1'):.3f} | {g('distinct_2'):.3f} | "
+                 f"{m.get(f'eval/{s}/top_answer_share', float('nan')):.3f} |")
     if any(f'eval/sft/fact_acc_{g}' in m for g in GROUP_TAGS.values()):
         gs = [g for g in GROUP_TAGS.values() if f'eval/sft/fact_acc_{g}' in m]
         L += ['', '### 사실 정확도, 무리별 (factual accuracy by group)', '',

@@ -23,7 +23,7 @@ from .chat import render_prompt, prepare_tokenizer
 from .models import load_pretrained
 from .sft import sft_messages
 from .reward import rm_messages
-from .stats import mean_se, win_rate, fact_accuracy
+from .stats import mean_se, win_rate, fact_accuracy, top_answer_share
 
 # %% auto #0
 __all__ = ['CACHE_ARG', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'PPO', 'logprobs_from_logits', 'masked_mean',
@@ -735,7 +735,7 @@ def before_after(layout:Layout, tok, records:list[PPORecord], run:Run, norm:dict
             s_, g = ans[who, 'sampled'][i], ans[who, 'greedy'][i]
             row.update({who: s_['answer'], f'reward_{who}': s_['score'], f'raw_{who}': s_['raw'], f'fact_{who}': acc(s_),
                         f'greedy_{who}': g['answer'], f'greedy_reward_{who}': g['score'], f'greedy_ended_{who}': g['ended'],
-                        f'greedy_tokens_{who}': g['tokens']})
+                        f'greedy_tokens_{who}': g['tokens'], f'greedy_fact_{who}': acc(g)})
         rows.append(row)
     m = {'ppo_eval/prompts': len(rows), 'ppo_eval/fact_prompts': sum(r['fact_sft'] is not None for r in rows)}
     for who in ('sft', 'ppo'):
@@ -745,9 +745,14 @@ def before_after(layout:Layout, tok, records:list[PPORecord], run:Run, norm:dict
         m[f'ppo_eval/greedy_reward_{who}'] = float(np.mean([r[f'greedy_reward_{who}'] for r in rows]))
         m[f'ppo_eval/greedy_eos_rate_{who}'] = float(np.mean([r[f'greedy_ended_{who}'] for r in rows]))
         m[f'ppo_eval/greedy_tokens_{who}'] = float(np.mean([r[f'greedy_tokens_{who}'] for r in rows]))
+        m[f'ppo_eval/greedy_fact_acc_{who}'], m[f'ppo_eval/greedy_fact_acc_{who}_se'] = mean_se(
+            r[f'greedy_fact_{who}'] for r in rows if r[f'greedy_fact_{who}'] is not None)
+        m[f'ppo_eval/greedy_top_answer_share_{who}'] = top_answer_share([r[f'greedy_{who}'] for r in rows])
     m['ppo_eval/reward_gain'], m['ppo_eval/reward_gain_se'] = mean_se(r['reward_ppo'] - r['reward_sft'] for r in rows)
     m['ppo_eval/fact_acc_change'], m['ppo_eval/fact_acc_change_se'] = mean_se(r['fact_ppo'] - r['fact_sft'] for r in rows
                                                                               if r['fact_sft'] is not None)
+    m['ppo_eval/greedy_reward_gain'], m['ppo_eval/greedy_reward_gain_se'] = mean_se(
+        r['greedy_reward_ppo'] - r['greedy_reward_sft'] for r in rows)  # paired, on the greedy answers
     m['ppo_eval/win_rate'] = win_rate([r['reward_ppo'] for r in rows], [r['reward_sft'] for r in rows])
     m['ppo_eval/kl'], m['ppo_eval/kl_se'] = mean_se(heldout_kl(layout, tok, records, run))
     return rows, m
@@ -767,9 +772,13 @@ def ppo_report_markdown(rows:list[dict], m:dict, run:Run, max_rows:int=24) -> st
              f"| reward | {f('ppo_eval/reward_sft')} | {f('ppo_eval/reward_ppo')} |",
              f"| factual accuracy ({m['ppo_eval/fact_prompts']} fact prompts) | {f('ppo_eval/fact_acc_sft')} | {f('ppo_eval/fact_acc_ppo')} |",
              f"| greedy reward | {m['ppo_eval/greedy_reward_sft']:.3f} | {m['ppo_eval/greedy_reward_ppo']:.3f} |",
+             f"| greedy factual accuracy | {f('ppo_eval/greedy_fact_acc_sft')} | {f('ppo_eval/greedy_fact_acc_ppo')} |",
+             f"| greedy: share of the most frequent answer | {m['ppo_eval/greedy_top_answer_share_sft']:.3f} | "
+             f"{m['ppo_eval/greedy_top_answer_share_ppo']:.3f} |",
              f"| greedy EOS rate | {m['ppo_eval/greedy_eos_rate_sft']:.3f} | {m['ppo_eval/greedy_eos_rate_ppo']:.3f} |",
              f"| greedy answer tokens | {m['ppo_eval/greedy_tokens_sft']:.1f} | {m['ppo_eval/greedy_tokens_ppo']:.1f} |", '',
-             f"Reward gain (paired) {m['ppo_eval/reward_gain']:.3f} ± {m['ppo_eval/reward_gain_se']:.3f}; factual accuracy "
+             f"Reward gain (paired) {m['ppo_eval/reward_gain']:.3f} ± {m['ppo_eval/reward_gain_se']:.3f}, greedy "
+             f"{m['ppo_eval/greedy_reward_gain']:.3f} ± {m['ppo_eval/greedy_reward_gain_se']:.3f}; factual accuracy "
              f"change (paired) {m['ppo_eval/fact_acc_change']:+.3f} ± {m['ppo_eval/fact_acc_change_se']:.3f}; "
              f"win rate under the RM {m['ppo_eval/win_rate']:.3f}; KL(PPO‖SFT) on held-out samples "
              f"{m['ppo_eval/kl']:.3f} ± {m['ppo_eval/kl_se']:.3f} nats (target {cfg.kl_target}).", '',

@@ -7,12 +7,13 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/stats.html.md"""
 # %% ../nbs/92_stats.ipynb #5dea7d68
 from __future__ import annotations
 import math, re, unicodedata
+from collections import Counter
 from typing import Iterable
 import numpy as np
 
 # %% auto #0
 __all__ = ['MAX_ANSWER_TOKENS', 'mean_se', 'win_rate', 'length_baseline', 'bow_baseline', 'normalise', 'states_fact',
-           'rival_values', 'fact_accuracy']
+           'rival_values', 'fact_accuracy', 'top_answer_share']
 
 # %% ../nbs/92_stats.ipynb #6b0b8cbc
 def mean_se(xs) -> tuple[float, float]:
@@ -81,3 +82,9 @@ def fact_accuracy(text:str, keys:list[str], facts_by_key:dict, n_tokens:int=0) -
     if not keys: return 1.0
     f = facts_by_key
     return sum(states_fact(text, f[k], rival_values(f[k], f.values()), n_tokens) for k in keys) / len(keys)
+
+# %% ../nbs/92_stats.ipynb #30456587
+def top_answer_share(texts:list[str]) -> float:
+    "Share of `texts` taken by the most frequent one, compared after `normalise` (0.0 for no texts)."
+    counts = Counter(map(normalise, texts))
+    return max(counts.values()) / len(texts) if texts else 0.0
