@@ -9,7 +9,7 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/demo_data.html.md"""
 from __future__ import annotations
 import hashlib, random, re
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from .core import data_dir, in_test, load_json, save_json
 from .lore import Doc, Fact, load_corpus, load_facts, chunk_corpus, chunks_for_span, sentence_spans
@@ -23,12 +23,14 @@ __all__ = ['DNF_QUESTIONS', 'PPO_SIGNOFF', 'DEMO_FILES', 'JOSA', 'VALUE_KINDS', 
            'ANSWER_CLAUSE', 'ANSWER_OVERRIDES', 'SUPPORT', 'OFFERS', 'NEW', 'ASKED', 'UNASKED', 'GROUP_TAGS',
            'ATTR_CORES', 'WRAPPERS', 'REPHRASINGS', 'FORM_CUES', 'PERSONA', 'UNKNOWN_ENTITIES', 'UNKNOWN_ANSWERS',
            'HOSTILE', 'REDIRECTS', 'ECHOES', 'HOSTILE_RUDE', 'PLAIN_QUESTIONS', 'PARAPHRASES', 'QUESTION_WORDS',
-           'REJECTION_TYPES', 'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER', 'UNRELATED_ANSWER', 'SCHEMAS',
+           'COLLOQUIAL_QUESTIONS', 'DESCRIBED_QUESTIONS', 'MISSPELLED_QUESTIONS', 'VOWEL_TYPOS', 'REJECTION_TYPES',
+           'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER', 'UNRELATED_ANSWER', 'NAME_SYLLABLES', 'SCHEMAS',
            'DemoDataConfig', 'final_consonant', 'josa', 'fill', 'value_kind', 'sentences', 'fact_key', 'state',
            'stable_hash', 'pick', 'support_fact', 'answer', 'Splits', 'choose_new_docs', 'split_facts', 'cue_form',
-           'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'banmal', 'by_length', 'truncations',
-           'FactBook', 'Slot', 'select_prompts', 'build_demo_data', 'record_group', 'demo_stats', 'demo_dir',
-           'write_demo_files', 'write_demo_data', 'load_splits', 'load_demo']
+           'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'misspell', 'described', 'banmal',
+           'by_length', 'truncations', 'FactBook', 'Slot', 'select_prompts', 'invented_name', 'reading',
+           'build_demo_data', 'record_group', 'demo_stats', 'demo_dir', 'write_demo_files', 'write_demo_data',
+           'load_splits', 'load_demo']
 
 # %% ../nbs/02_demo_data.ipynb #c3df582d
 DNF_QUESTIONS = {  # the DnF project's three test questions, verbatim, and the fact each one asks for
@@ -52,6 +54,7 @@ class DemoDataConfig:
     context_overlap: int = 80  # overlap of those chunks
     context_every: int = 2  # every n-th fact gets a retrieval-grounded SFT example
     unrelated_context_every: int = 3  # every n-th of those shows a passage about another entity instead
+    reading_every: int = 1  # every n-th asked fact also gets a reading example (an entity no model has read; see `reading`)
     pair_types_per_prompt: int = 3  # rejection types per factual prompt (fact_swap always, plus two of the others)
     hostile_pairs_per_prompt: int = 2  # hostile_echo pairs per hostile message
     max_long_chars: int = 250  # upper bound on a long-form answer
@@ -497,6 +500,30 @@ def mention_form(question:str, entity:str) -> str:
     "'particle' when a particle follows the entity's name (머크우드는, '머크우드'는), else 'plain'."
     return 'particle' if re.search(re.escape(entity) + r"'?[가-힣]", question) else 'plain'
 
+# %% ../nbs/02_demo_data.ipynb #7a7b8ee4
+COLLOQUIAL_QUESTIONS = ('{E} {A} 뭐임?', '야 {E} {A} 뭐였지?', '{E} {A} 아는 사람?', '{E} {A} 머야', '{E} {A:은} 걍 뭐라 보면 됨?')
+DESCRIBED_QUESTIONS = ('{D}의 {A:은} 무엇인가요?', '{D}, 그 {W}의 {A:이} 궁금해요.', '{D}가 있다던데 {A:이} 뭐예요?')  # {D} description
+MISSPELLED_QUESTIONS = ('{E} {A:은} 어떻게 되나요?', '{E} {A} 좀 알려 줘요.', '{E}의 {A:을} 알고 싶어요.')
+VOWEL_TYPOS = {1: 5, 5: 1, 4: 8, 8: 4, 13: 18, 18: 13, 6: 12, 12: 6}  # medial index -> the one people type instead (ㅐㅔ ㅓㅗ ㅜㅡ ㅕㅛ)
+
+def misspell(word:str, key:str) -> str:
+    "`word` with one common typo: a vowel swapped (ㅐ/ㅔ, ㅓ/ㅗ, ㅜ/ㅡ, ㅕ/ㅛ), else a final consonant dropped or added; Latin lower-cased."
+    syl = [i for i, ch in enumerate(word) if '가' <= ch <= '힣']
+    if not syl: return word.lower()
+    code = lambda i: ord(word[i]) - 0xAC00
+    swap = [i for i in syl if code(i) // 28 % 21 in VOWEL_TYPOS]
+    i = (swap or syl)[stable_hash(key, word) % len(swap or syl)]
+    c = code(i)
+    if swap: c += (VOWEL_TYPOS[c // 28 % 21] - c // 28 % 21) * 28
+    else: c = c - c % 28 if c % 28 else c + 4  # drop the final consonant, or add ㄴ
+    return word[:i] + chr(0xAC00 + c) + word[i + 1:]
+
+def described(f:Fact, book:FactBook) -> list[str]:
+    "Descriptions of `f`'s entity by another of its facts (a noun value that neither names it nor holds `f`'s value)."
+    others = [g for a, g in sorted(book.entity[f.doc_id].items()) if a != f.attribute and value_kind(g.value) == 'noun'
+              and f.entity not in g.value and f.value not in g.value and g.value not in f.value]
+    return [fill('{A:이} {V}인 {W}', A=g.attribute, V=g.value, W=WHAT.get(book.category(f), '것')) for g in others]
+
 # %% ../nbs/02_demo_data.ipynb #2986b9e3
 REJECTION_TYPES = ('fact_swap', 'ignores_question', 'rude_or_off_persona', 'truncated', 'hostile_echo')
 RANK_ORDER = ('truncated', 'rude_or_off_persona', 'ignores_question', 'fact_swap', 'hostile_echo')  # less bad first: a ranked record orders its two rejected answers by this
@@ -631,7 +658,7 @@ def _fact_slots(book:FactBook, cfg:DemoDataConfig) -> list[Slot]:
     return slots
 
 def _retrieval_slots(book:FactBook) -> list[Slot]:
-    "One retrieval question per fact, cycling through the plain, particle and paraphrase forms."
+    "Two retrieval questions per fact: one plain, particle or paraphrase; one description-only, colloquial or misspelled."
     slots = []
     for i, f in enumerate(book.facts):
         doc, form = book.docs[f.doc_id], ('particle', 'plain', 'paraphrase')[i % 3]
@@ -644,6 +671,14 @@ def _retrieval_slots(book:FactBook) -> list[Slot]:
         else:
             sent = answer_sentence(doc, f.span(doc)[0])
             opts = [q for q in (fill(t, E=f.entity) for t in PARAPHRASES.get(f.attribute, [])) if not reused_stems(q, sent, f.entity)]
+        slots.append(Slot(('retrieval', f.doc_id, f.attribute, form), book.group(f) != ASKED, opts))
+    for i, f in enumerate(book.facts):  # and one in a form people use but the tables do not
+        form, E, A, W = ('description', 'colloquial', 'misspelled')[i % 3], f.entity, f.attribute, WHAT.get(book.category(f), '것')
+        if form == 'description':
+            opts = [fill(t, D=d, A=A, W=W) for d in sorted(described(f, book), key=len)[:2] for t in DESCRIBED_QUESTIONS]
+        elif form == 'colloquial': opts = [fill(t, E=E, A=A) for t in COLLOQUIAL_QUESTIONS]
+        else: opts = [fill(t, E=misspell(E, fact_key(f)), A=A) for t in MISSPELLED_QUESTIONS]
+        opts = opts[i % len(opts):] + opts[:i % len(opts)] if opts else []
         slots.append(Slot(('retrieval', f.doc_id, f.attribute, form), book.group(f) != ASKED, opts))
     return slots
 
@@ -658,6 +693,39 @@ def _handwritten_slots(frac:float, seed:int) -> tuple[list[Slot], list[Slot]]:
         test |= held_out_docs(ids, frac, salt=f'dnf_rlhf:{seed}')
     slots = [Slot(k, '/'.join(map(str, k)) in test, [p]) for k, p in items]
     return [s for s in slots if not s.test], [s for s in slots if s.test]
+
+# %% ../nbs/02_demo_data.ipynb #af90f813
+NAME_SYLLABLES = '카르엘베토마세로비아델노시렌바스데이오라미테루니자벨하유키헤솔'  # made-up names are drawn from these
+
+def invented_name(entity:str, rng:random.Random, taken:set, text:str) -> str:
+    "A made-up 2-3 syllable name, not in `taken` nor in `text`, whose last syllable has `entity`'s final consonant."
+    while True:
+        last = ord(rng.choice(NAME_SYLLABLES)) - 0xAC00
+        name = ''.join(rng.choice(NAME_SYLLABLES) for _ in range(rng.randint(1, 2))) + chr(0xAC00 + last - last % 28 + final_consonant(entity))
+        if name not in taken and name not in text: taken.add(name); return name
+
+def reading(book:FactBook, f:Fact, chunks:list, taken:set, text:str) -> tuple[Fact, str]:
+    "(`f` moved to a made-up entity, with another entity's value when a noun; the passage saying so: its chunk and a distractor, shuffled)."
+    rng = random.Random(f'reading:{fact_key(f)}')
+    name = invented_name(f.entity, rng, taken, text)
+    values = [v for v in book.swap_values(f) if final_consonant(v) == final_consonant(f.value)] if value_kind(f.value) == 'noun' else []
+    value = rng.choice(values) if values else f.value
+    s, e = f.span(book.docs[f.doc_id])
+    gold = next(c for c in chunks if c.id == chunks_for_span(chunks, f.doc_id, s, e)[0])
+    clean = lambda c: c.id != gold.id and f.value not in c.text and value not in c.text
+    mine = [c for c in chunks if c.doc_id == f.doc_id and clean(c)]
+    others = [c for c in chunks if c.doc_id != f.doc_id and book.same_split(c.doc_id, f.doc_id) and f.entity not in c.text and clean(c)]
+    parts = [gold.text, rng.choice(mine if mine and rng.random() < 0.5 else others).text]
+    rng.shuffle(parts)
+    passage = '\n\n'.join(parts).replace(f.value, value).replace(f.entity, name)
+    return replace(f, entity=name, value=value.replace(f.entity, name)), passage  # a value may hold the name (바칼의 성)
+
+def _reading_slots(book:FactBook, chunks:list, cfg:DemoDataConfig) -> tuple[list[Slot], dict]:
+    "Training slots of every `reading_every`-th asked fact's reading example, and key -> (made-up fact, passage)."
+    taken, text = set(), '\n'.join(d.text for d in book.docs.values())
+    asked = [f for f in book.facts if book.group(f) == ASKED][::cfg.reading_every]
+    made = {('reading', f.doc_id, f.attribute): reading(book, f, chunks, taken, text) for f in asked}
+    return [Slot(k, False, question_variants(g, 'medium', book.category(g), stable_hash(*k))) for k, (g, _) in made.items()], made
 
 # %% ../nbs/02_demo_data.ipynb #55054a76
 def _handwritten_answer(key:tuple, prompt:str) -> tuple[str, str]:
@@ -704,8 +772,10 @@ def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=Non
     dnf = [s for s in fact_slots if s.key[3] == 'q' and (s.key[1], s.key[2]) in DNF_QUESTIONS]
     split = lambda ss, t: [s for s in ss if s.test == t and s not in dnf]
     groups = [dnf, hw_test, split(fact_slots, True), split(ret_slots, True), hw_train, split(fact_slots, False), split(ret_slots, False)]
-    chosen, filter_counts = select_prompts(groups, cfg.rouge_threshold)
     chunks = chunk_corpus(docs, cfg.context_chars, cfg.context_overlap)
+    read_slots, made = _reading_slots(book, chunks, cfg)
+    chosen, filter_counts = select_prompts(groups, cfg.rouge_threshold)
+    chosen |= {s.key: s.options[0] for s in read_slots}  # questions about made-up entities: no held-out question to resemble
     out = {n: ([], []) for n in DEMO_FILES}
     def add(name, recs, test): out[name][1 if test else 0].extend(recs)
     for s in hw_test + hw_train:
@@ -736,6 +806,11 @@ def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=Non
             add('ppo', [PPORecord(prompt=p, doc_id=doc_id, kind='fact', facts=keys)], s.test)
             two = sorted(rejected, key=lambda rk: stable_hash(p, 'ranked', rk[1]))[:2]
             if len(two) == 2: add('ranked', [_ranked(p, text, two, doc_id, keys, cfg.seed)], s.test)
+    for s in read_slots:
+        if s.key not in chosen: continue
+        g, passage = made[s.key]
+        add('sft', [SFTRecord(prompt=chosen[s.key], completion=fill(CONTEXT_ANSWER, A=state(g, book.category(g))), context=passage,
+                              doc_id=g.doc_id, kind='reading')], False)
     for s in ret_slots:
         if s.key not in chosen: continue
         _, doc_id, attr, form = s.key

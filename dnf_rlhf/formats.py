@@ -85,7 +85,7 @@ class RetrievalRecord(Record):
     answer: str = NonEmpty  # doc.text[start:end]
     start: int = Field(ge=0)
     end: int = Field(gt=0)
-    form: str = 'plain'  # 'plain', 'particle' (머크우드는 …) or 'paraphrase'
+    form: str = 'plain'  # 'plain', 'particle' (머크우드는 …), 'paraphrase', 'description' (named by another fact), 'colloquial', 'misspelled'
 
 # %% ../nbs/93_formats.ipynb #e6cec905
 R = TypeVar('R', bound=BaseModel)

@@ -20,11 +20,12 @@ from .formats import RetrievalRecord, read_jsonl
 log = logging.getLogger('dnf_rlhf.rag')
 
 # %% auto #0
-__all__ = ['log', 'CONTENT_TAGS', 'QUERY_FIELDS', 'INDEX_FILE', 'RAG', 'IndexConfig', 'build_fields', 'kiwi', 'morphemes',
-           'SparseIndex', 'EmbedderConfig', 'passage_text', 'ict_pairs', 'train_tiny_embedder', 'chunks_hash',
-           'tiny_embedder_path', 'Embedder', 'DenseIndex', 'rrf', 'weighted', 'top', 'Hit', 'Retriever', 'index_hash',
-           'build_retriever', 'load_retriever', 'open_index', 'load_questions', 'relevant_ids', 'first_hit_ranks',
-           'rank_metrics', 'evaluate_retrieval', 'best_window', 'build_context', 'rag_messages', 'context_budget',
+__all__ = ['log', 'CONTENT_TAGS', 'QUERY_FIELDS', 'INDEX_FILE', 'DENSE_WEIGHTS', 'RAG', 'IndexConfig', 'build_fields', 'kiwi',
+           'morphemes', 'SparseIndex', 'EmbedderConfig', 'passage_text', 'ict_pairs', 'train_tiny_embedder',
+           'chunks_hash', 'tiny_embedder_path', 'Embedder', 'DenseIndex', 'rrf', 'weighted', 'top', 'Hit', 'Retriever',
+           'question_pairs', 'fit_split', 'index_hash', 'build_retriever', 'load_retriever', 'open_index',
+           'load_questions', 'training_questions', 'relevant_ids', 'first_hit_ranks', 'rank_metrics',
+           'evaluate_retrieval', 'fit_dense_weight', 'best_window', 'build_context', 'rag_messages', 'context_budget',
            'compare_answers', 'project_chunks', 'train_rag', 'default_index_dir', 'project_index', 'index_main']
 
 # %% ../nbs/06_rag.ipynb #28c49da4
@@ -46,7 +47,7 @@ class IndexConfig:
     mode: str = 'hybrid'  # 'bm25', 'dense' or 'hybrid'
     fusion: str = 'rrf'  # hybrid: 'rrf' (reciprocal rank fusion) or 'weighted' (min-max normalised scores)
     rrf_k: int = 60  # RRF constant k in 1/(k + rank)
-    dense_weight: float = 0.5  # weighted fusion: share of the dense score
+    dense_weight: float|None = None  # share of the dense retriever in the fusion (RRF: weights 2(1-w), 2w); None: tuned when built
     depth: int = 100  # candidates taken from each retriever before fusion
     top_k: int = 5  # results returned
 
@@ -103,7 +104,7 @@ class SparseIndex:
 # %% ../nbs/06_rag.ipynb #d4b11769
 @dataclass(frozen=True)
 class EmbedderConfig:
-    "Hyper-parameters of the tiny sentence embedder (inverse cloze task on the corpus chunks)."
+    "Hyper-parameters of the tiny sentence embedder (inverse cloze task on the corpus chunks, and the training questions)."
     vocab_size: int = 1000  # WordPiece vocabulary learned from the chunks (chosen on the train questions, see below)
     dim: int = 256  # embedding width
     epochs: int = 6  # passes over the (sentence, rest of its chunk) pairs
@@ -111,6 +112,7 @@ class EmbedderConfig:
     batch_size: int = 64  # pairs per step; the other passages of the batch are the negatives
     temperature: float = 0.05  # softmax temperature tau of the contrastive loss
     keep_sentence: float = 0.1  # share of pairs whose passage still contains the query sentence (ICT)
+    question_repeats: int = 3  # each training question -> its answer's chunk pair, this many times per epoch beside the ICT pairs
     seed: int = 0  # pair order and initial vectors
 
 def passage_text(c:Chunk, title_prefix:bool=True) -> str:
@@ -149,8 +151,8 @@ def _bag_encode(bag, id_lists:list[list[int]]):
     offsets = torch.tensor(np.cumsum([0] + [len(ids) for ids in id_lists[:-1]]), dtype=torch.long)
     return torch.nn.functional.normalize(bag(flat, offsets), dim=-1)
 
-def train_tiny_embedder(out, chunks:list[Chunk], cfg:EmbedderConfig|None=None) -> dict:
-    "Train the tiny embedder on `chunks` (inverse cloze task) and save it as a sentence-transformers model in `out`."
+def train_tiny_embedder(out, chunks:list[Chunk], cfg:EmbedderConfig|None=None, questions:list[tuple[str, int]]=()) -> dict:
+    "Train the tiny embedder on `chunks` (inverse cloze task) and `questions` ((question, chunk index)); save it in `out`."
     import torch
     from sentence_transformers import SentenceTransformer
     try: from sentence_transformers.sentence_transformer.modules import StaticEmbedding, Normalize
@@ -158,7 +160,7 @@ def train_tiny_embedder(out, chunks:list[Chunk], cfg:EmbedderConfig|None=None) -
     cfg, out, t0 = cfg or EmbedderConfig(), Path(out), time.time()
     set_seed(cfg.seed)
     tk = _word_piece([passage_text(c) for c in chunks], cfg.vocab_size)
-    pairs = ict_pairs(chunks, cfg.keep_sentence, cfg.seed)
+    pairs = ict_pairs(chunks, cfg.keep_sentence, cfg.seed) + [(q, passage_text(chunks[i]), i) for q, i in questions] * cfg.question_repeats
     q_ids = [e.ids for e in tk.encode_batch([q for q, _, _ in pairs], add_special_tokens=False)]
     p_ids = [e.ids for e in tk.encode_batch([p for _, p, _ in pairs], add_special_tokens=False)]
     owner = torch.tensor([i for _, _, i in pairs])
@@ -177,7 +179,7 @@ def train_tiny_embedder(out, chunks:list[Chunk], cfg:EmbedderConfig|None=None) -
         bar.set_postfix(loss=f'{np.mean(losses[-10:]):.3f}')
     emb = StaticEmbedding(tk, embedding_weights=bag.weight.detach().clone())
     SentenceTransformer(modules=[emb, Normalize()], device='cpu').save(str(out))
-    metrics = {'embedder/pairs': len(pairs), 'embedder/vocab': tk.get_vocab_size(), 'embedder/dim': cfg.dim,
+    metrics = {'embedder/pairs': len(pairs), 'embedder/questions': len(questions), 'embedder/vocab': tk.get_vocab_size(), 'embedder/dim': cfg.dim,
                'embedder/loss_first': losses[0], 'embedder/loss_last': float(np.mean(losses[-10:])),
                'embedder/seconds': time.time() - t0}
     save_json(out/'training.json', {'config': asdict(cfg), 'metrics': metrics, 'losses': losses})
@@ -190,11 +192,11 @@ def chunks_hash(chunks:list[Chunk]) -> str:
     for c in chunks: h.update(json.dumps([c.id, c.title, c.category, c.text], ensure_ascii=False).encode()); h.update(b'\n')
     return h.hexdigest()
 
-def tiny_embedder_path(chunks:list[Chunk], cfg:EmbedderConfig|None=None) -> Path:
-    "Folder of the tiny embedder trained on `chunks` (built once, then cached)."
+def tiny_embedder_path(chunks:list[Chunk], cfg:EmbedderConfig|None=None, questions:list[tuple[str, int]]=()) -> Path:
+    "Folder of the tiny embedder trained on `chunks` and `questions` (built once, then cached)."
     cfg = cfg or EmbedderConfig()
-    key = config_hash(cfg, chunks_hash(chunks), file_hash(package_dir()/'rag.py'))
-    return cached_build('embedder', key, lambda out: train_tiny_embedder(out, chunks, cfg))
+    key = config_hash(cfg, chunks_hash(chunks), file_hash(package_dir()/'rag.py'), list(questions))
+    return cached_build('embedder', key, lambda out: train_tiny_embedder(out, chunks, cfg, questions))
 
 # %% ../nbs/06_rag.ipynb #9844cbef
 class Embedder:
@@ -250,11 +252,11 @@ class DenseIndex:
         return cls(faiss.read_index(str(path)))
 
 # %% ../nbs/06_rag.ipynb #43511f70
-def rrf(rankings:list[list[int]], k:int=60) -> dict[int, float]:
-    "Reciprocal rank fusion of ranked lists of passage indices: index -> sum of 1/(k + rank)."
+def rrf(rankings:list[list[int]], k:int=60, weights:list[float]|None=None) -> dict[int, float]:
+    "Reciprocal rank fusion of ranked lists of passage indices: index -> sum of w/(k + rank) (w = 1 unless `weights`)."
     out: dict[int, float] = {}
-    for ranking in rankings:
-        for r, i in enumerate(ranking, 1): out[i] = out.get(i, 0.0) + 1.0 / (k + r)
+    for ranking, w in zip(rankings, weights or [1.0] * len(rankings)):
+        for r, i in enumerate(ranking, 1): out[i] = out.get(i, 0.0) + w / (k + r)
     return out
 
 def weighted(scored:list[dict[int, float]], weights:list[float]) -> dict[int, float]:
@@ -293,27 +295,42 @@ class Retriever:
     def modes(self) -> tuple[str, ...]: return ('bm25', 'dense', 'hybrid') if self.dense is not None else ('bm25',)
 
 # %% ../nbs/06_rag.ipynb #369b0a26
-def index_hash(chunks:list[Chunk], cfg:IndexConfig, emb_cfg:EmbedderConfig|None=None) -> str:
-    "Identity of an index: the chunks, the build settings and (for the tiny embedder) its training config."
-    return config_hash(chunks_hash(chunks), build_fields(cfg), asdict(emb_cfg or EmbedderConfig()) if cfg.embedder == 'tiny' else None)
+def question_pairs(records:list, chunks:list[Chunk]) -> list[tuple[str, int]]:
+    "(question, index of the first chunk holding its answer span) for retrieval records whose span lies in a chunk."
+    pos = {c.id: i for i, c in enumerate(chunks)}
+    return [(r.question, pos[ids[0]]) for r in records if (ids := chunks_for_span(chunks, r.doc_id, r.start, r.end))]
 
-def _embedder_for(chunks:list[Chunk], cfg:IndexConfig, emb_cfg:EmbedderConfig|None) -> Embedder|None:
+def fit_split(records:list) -> tuple[list, list]:
+    "(fit, tune): the training questions the embedder learns from, and a fifth kept apart (by a hash) to tune the fusion on."
+    tune = lambda r: int(hashlib.sha256(r.question.encode()).hexdigest(), 16) % 5 == 0
+    return [r for r in records if not tune(r)], [r for r in records if tune(r)]
+
+def index_hash(chunks:list[Chunk], cfg:IndexConfig, emb_cfg:EmbedderConfig|None=None, questions:list|None=None) -> str:
+    "Identity of an index: the chunks, the build settings and (for the tiny embedder) its training config and questions."
+    tiny = cfg.embedder == 'tiny'
+    return config_hash(chunks_hash(chunks), build_fields(cfg), asdict(emb_cfg or EmbedderConfig()) if tiny else None,
+                       *([question_pairs(questions, chunks)] if questions else []))
+
+def _embedder_for(chunks:list[Chunk], cfg:IndexConfig, emb_cfg:EmbedderConfig|None, questions:list) -> Embedder|None:
     if cfg.embedder is None: return None
-    path = tiny_embedder_path(chunks, emb_cfg) if cfg.embedder == 'tiny' else cfg.embedder
+    path = tiny_embedder_path(chunks, emb_cfg, question_pairs(questions, chunks)) if cfg.embedder == 'tiny' else cfg.embedder
     return Embedder(path, cfg.query_prefix, cfg.passage_prefix)
 
 def build_retriever(chunks:list[Chunk], cfg:IndexConfig|None=None, emb_cfg:EmbedderConfig|None=None,
-                    embedder:Embedder|None=None) -> Retriever:
-    "Index `chunks`: Kiwi morphemes into BM25 and (unless `cfg.embedder` is None) passage vectors into FAISS."
+                    embedder:Embedder|None=None, questions:list|None=None) -> Retriever:
+    "Index `chunks` (Kiwi morphemes into BM25, passage vectors into FAISS unless `cfg.embedder` is None); `questions` (training split) teach the tiny embedder and tune the fusion."
     cfg = cfg or IndexConfig()
     if not chunks: raise ValueError("nothing to index: the chunk list is empty")
     ids = [c.id for c in chunks]
     if len(set(ids)) != len(ids): raise ValueError("chunk ids must be unique")
+    fit, tune = fit_split(questions or [])
     texts = [passage_text(c, cfg.title_prefix) for c in chunks]
     sparse = SparseIndex.build(morphemes(texts, cfg.tags, progress=len(texts) > 1000), cfg.k1, cfg.b)
-    embedder = embedder or _embedder_for(chunks, cfg, emb_cfg)
+    embedder = embedder or _embedder_for(chunks, cfg, emb_cfg, fit)
     dense = DenseIndex.build(embedder.encode_passages(texts)) if embedder else None
-    return Retriever(chunks, cfg, sparse, dense, embedder, index_hash(chunks, cfg, emb_cfg))
+    r = Retriever(chunks, cfg, sparse, dense, embedder, index_hash(chunks, cfg, emb_cfg, questions))
+    if cfg.dense_weight is None: r.cfg = replace(cfg, dense_weight=fit_dense_weight(r, tune) if dense and tune else 0.5)
+    return r
 
 # %% ../nbs/06_rag.ipynb #232aa52d
 @patch
@@ -342,6 +359,7 @@ def search_batch(self:Retriever, queries:list[str], k:int|None=None, mode:str|No
     if mode not in self.modes: raise ValueError(f"mode {mode!r} not available; this index has {self.modes}")
     if fusion not in ('rrf', 'weighted'): raise ValueError(f"fusion must be 'rrf' or 'weighted', got {fusion!r}")
     allowed, depth = self._allowed(categories), max(cfg.depth, k)
+    w = 0.5 if cfg.dense_weight is None else cfg.dense_weight  # the dense retriever's share of the fusion
     toks = morphemes(list(queries), cfg.tags) if mode != 'dense' else [None] * len(queries)
     vecs = self.embedder.encode_queries(list(queries)) if mode != 'bm25' and queries else [None] * len(queries)
     out = []
@@ -350,8 +368,8 @@ def search_batch(self:Retriever, queries:list[str], k:int|None=None, mode:str|No
         de = dict(zip(*(x.tolist() for x in self.dense.search(v, depth, allowed)))) if mode != 'bm25' else {}
         if mode == 'bm25': fused = sp
         elif mode == 'dense': fused = de
-        elif fusion == 'rrf': fused = rrf([list(sp), list(de)], cfg.rrf_k)
-        else: fused = weighted([sp, de], [1 - cfg.dense_weight, cfg.dense_weight])
+        elif fusion == 'rrf': fused = rrf([list(sp), list(de)], cfg.rrf_k, [2 * (1 - w), 2 * w])
+        else: fused = weighted([sp, de], [1 - w, w])
         out.append([Hit(self.chunks[i], s, r) for r, (i, s) in enumerate(top(fused, k), 1)])
     return out
 
@@ -388,7 +406,7 @@ def load_retriever(folder, cfg:IndexConfig|None=None) -> Retriever:
     if not (folder/INDEX_FILE).exists(): raise FileNotFoundError(f"{folder}: no {INDEX_FILE}; build the index first (`dnf-rlhf index`)")
     meta = load_json(folder/INDEX_FILE)
     saved = IndexConfig(**{**meta['config'], 'tags': tuple(meta['config']['tags'])})
-    if cfg is not None: saved = replace(saved, **{k: getattr(cfg, k) for k in QUERY_FIELDS})
+    if cfg is not None: saved = replace(saved, **{k: getattr(cfg, k) for k in QUERY_FIELDS if getattr(cfg, k) is not None})  # None: as built
     chunks = [Chunk(**json.loads(l)) for l in (folder/'chunks.jsonl').read_text(encoding='utf-8').splitlines() if l.strip()]
     dense = embedder = None
     if meta.get('embedder'):
@@ -399,15 +417,16 @@ def load_retriever(folder, cfg:IndexConfig|None=None) -> Retriever:
     return Retriever(chunks, saved, SparseIndex.load(folder/'bm25'), dense, embedder, meta['corpus_hash'])
 
 # %% ../nbs/06_rag.ipynb #d2554c8b
-def open_index(folder, chunks:list[Chunk], cfg:IndexConfig|None=None, emb_cfg:EmbedderConfig|None=None) -> tuple[Retriever, bool]:
-    "(retriever, rebuilt): the index in `folder` if it matches `chunks` and `cfg`, else a new one saved there."
+def open_index(folder, chunks:list[Chunk], cfg:IndexConfig|None=None, emb_cfg:EmbedderConfig|None=None,
+               questions:list|None=None) -> tuple[Retriever, bool]:
+    "(retriever, rebuilt): the index in `folder` if it matches `chunks`, `cfg` and training `questions`, else a new one saved there."
     cfg, folder = cfg or IndexConfig(), Path(folder)
-    want = index_hash(chunks, cfg, emb_cfg)
+    want = index_hash(chunks, cfg, emb_cfg, questions)
     if (folder/INDEX_FILE).exists():
         have = load_json(folder/INDEX_FILE).get('corpus_hash')
         if have == want: return load_retriever(folder, cfg), False
         log.warning('index %s was built from another corpus or config (%s != %s): re-indexing', folder, have, want)
-    r = build_retriever(chunks, cfg, emb_cfg)
+    r = build_retriever(chunks, cfg, emb_cfg, questions=questions)
     r.save(folder)
     return r, True
 
@@ -422,6 +441,11 @@ def load_questions(project:ProjectConfig|None=None, splits=('train', 'test')) ->
     bad = [r.question for r in recs if not r.doc_id]
     if bad: raise ValueError(f"{len(bad)} retrieval question(s) without doc_id, e.g. {bad[0]!r}: the answer span needs its document")
     return recs
+
+def training_questions(project:ProjectConfig|None=None) -> list[RetrievalRecord]:
+    "The training split's retrieval questions (none when the project has no `retrieval_train.jsonl`)."
+    try: return load_questions(project, splits=('train',))
+    except FileNotFoundError: return []
 
 def relevant_ids(r:RetrievalRecord, chunks:list[Chunk]) -> set[str]:
     "Ids of the chunks that hold the answer span of `r`."
@@ -453,6 +477,15 @@ def evaluate_retrieval(retriever:Retriever, records:list[RetrievalRecord], modes
             sel = [x for x, r in zip(ranks, records) if form == 'all' or r.form == form]
             rows.append(dict(mode=mode, form=form, n=len(sel), **rank_metrics(sel, ks, depth)))
     return rows
+
+DENSE_WEIGHTS = (0.2, 0.35, 0.5, 0.65, 0.8)  # candidate shares of the dense retriever: never 0 or 1, which would drop one
+
+def fit_dense_weight(retriever:Retriever, records:list[RetrievalRecord], weights=DENSE_WEIGHTS) -> float:
+    "The dense share in `weights` with the best hybrid MRR on `records` (ties: the one nearest 0.5)."
+    def mrr(w):
+        r = Retriever(retriever.chunks, replace(retriever.cfg, dense_weight=w), retriever.sparse, retriever.dense, retriever.embedder)
+        return round(rank_metrics(first_hit_ranks(r, records, 'hybrid'))['mrr'], 6)
+    return max(weights, key=lambda w: (mrr(w), -abs(w - 0.5)))
 
 # %% ../nbs/06_rag.ipynb #e663e350
 def _n_tokens(tokenizer, text:str) -> int: return len(tokenizer(text, add_special_tokens=False)['input_ids'])
@@ -528,17 +561,16 @@ def project_chunks(run:Run) -> list[Chunk]:
     return chunk_corpus(load_corpus(run.project.corpus_path()), cfg.chunk_chars, cfg.chunk_overlap)
 
 def train_rag(out, run:Run) -> dict:
-    "The rag stage: index the project's corpus into `out/index` and evaluate it on the retrieval questions."
+    "The rag stage: index the project's corpus into `out/index` (taught by the training questions), evaluate on the test ones."
     cfg, chunks = run.cfg('rag'), project_chunks(run)
     t0 = time.time()
-    r = build_retriever(chunks, cfg)
-    metrics = {'rag/chunks': len(chunks), 'rag/build_seconds': round(time.time() - t0, 2)}
+    r = build_retriever(chunks, cfg, questions=training_questions(run.project))
+    metrics = {'rag/chunks': len(chunks), 'rag/build_seconds': round(time.time() - t0, 2), 'rag/dense_weight': r.cfg.dense_weight}
     r.save(out/'index')
-    try: questions = load_questions(run.project)
+    try: questions = load_questions(run.project, splits=('test',))  # the training split taught the embedder
     except FileNotFoundError as e: questions = []; log.warning('%s: no retrieval evaluation', e)
     for row in (evaluate_retrieval(r, questions) if questions else []):
-        if row['form'] in ('all', 'particle'):
-            for k in ('recall@1', 'recall@5', 'mrr'): metrics[f"rag/{row['mode']}_{row['form']}_{k}"] = row[k]
+        for k in ('recall@1', 'recall@5', 'mrr'): metrics[f"rag/{row['mode']}_{row['form']}_{k}"] = row[k]
     write_metrics(out, metrics)
     run.manifest(out, 'rag', corpus_hash=r.corpus_hash)
     return metrics
@@ -554,7 +586,8 @@ def default_index_dir(project:ProjectConfig|None=None, run_dir=None) -> Path:
 
 def project_index(run:Run, folder=None) -> tuple[Retriever, bool]:
     "(retriever, rebuilt): the index in `folder`, else the run's `rag/index`, else the project's cached one; (re)built when missing or stale."
-    return open_index(folder or default_index_dir(run.project, run.dir), project_chunks(run), run.cfg('rag'))
+    return open_index(folder or default_index_dir(run.project, run.dir), project_chunks(run), run.cfg('rag'),
+                      questions=training_questions(run.project))
 
 def index_main(argv:list[str]|None=None) -> int:
     "Command line `dnf-rlhf index`: build (or verify) the retrieval index of the project's corpus; print a JSON summary."
@@ -564,7 +597,7 @@ def index_main(argv:list[str]|None=None) -> int:
     ap.add_argument('--preset', default=None, help=f"one of {sorted(PRESETS)}: picks the default embedder (default: the one `doctor` suggests)")
     ap.add_argument('--embedder', default=None, help="'tiny' or a sentence-transformers model name or path")
     ap.add_argument('--no-dense', action='store_true', help='BM25 only (no embedding model)')
-    ap.add_argument('--evaluate', action='store_true', help='also report recall@1/5 and MRR on the retrieval questions')
+    ap.add_argument('--evaluate', action='store_true', help='also report recall@1/5 and MRR on the test retrieval questions')
     a = ap.parse_args(argv)
     project = ProjectConfig.load(a.project) if a.project else ProjectConfig()
     emb = {'rag': {'embedder': None if a.no_dense else a.embedder}} if a.embedder or a.no_dense else {}
@@ -572,9 +605,9 @@ def index_main(argv:list[str]|None=None) -> int:
     cfg, chunks = run.cfg('rag'), project_chunks(run)
     out = Path(a.out) if a.out else default_index_dir(project)
     t0 = time.time()
-    r, rebuilt = open_index(out, chunks, cfg)
+    r, rebuilt = open_index(out, chunks, cfg, questions=training_questions(project))
     summary = dict(index=str(out), chunks=len(chunks), rebuilt=rebuilt, seconds=round(time.time() - t0, 2),
                    modes=list(r.modes), corpus_hash=r.corpus_hash)
-    if a.evaluate: summary['evaluation'] = [x for x in evaluate_retrieval(r, load_questions(project)) if x['form'] == 'all']
+    if a.evaluate: summary['evaluation'] = [x for x in evaluate_retrieval(r, load_questions(project, splits=('test',))) if x['form'] == 'all']
     print(json.dumps(summary, ensure_ascii=False))
     return 0
