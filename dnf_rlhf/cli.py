@@ -30,6 +30,7 @@ PASSTHROUGH = {  # commands with their own arguments: name -> main(argv)
     'index': rag.index_main,  # build or refresh the retrieval index (06)
     'serve': serve.serve_main,  # the OpenAI-compatible chat server (07)
     'eval': evaluate.eval_main,  # recompute a run's evaluation and compare it with the earlier one (08)
+    'ship-base': tinybase.ship_base_main,  # train the tiny base and package it with the library (01a)
 }
 
 # %% ../nbs/97_cli.ipynb #97b9b9c5

@@ -171,7 +171,7 @@ def get_preset(name:str) -> Preset:
 # %% ../nbs/91_core.ipynb #2a419be2
 SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields of its config that differ from the defaults
     'tiny': {  # for debugging on a laptop: minutes on 2 CPU cores
-        'sft': dict(lr=2e-3, epochs=6, eval_steps=40, lora_r=32, lora_alpha=64),
+        'sft': dict(lr=2e-3, epochs=6, eval_steps=40, lora_r=32, lora_alpha=64, heldout_prompts=200, max_new_tokens=64),
         'rm': dict(lr=2e-3, epochs=3, lora_r=32, lora_alpha=64, norm_samples=96),
         'ppo': dict(lr=5e-5, steps=100, ppo_epochs=4, micro_batch_size=8, init_kl_coef=0.2, kl_target=4.0,
                     kl_horizon=1000, checkpoint_every=20, sample_every=20),
@@ -205,7 +205,7 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
 
 # %% ../nbs/91_core.ipynb #fdeab66b
 EXPECTED = {  # how long building a stage takes, shown before a notebook builds a missing one: size -> stage -> time
-    'tiny': dict(tinybase='4-6 min', sft='4-6 min', rm='2-3 min', ppo='2-3 min', rag='10 s', eval='30 s'),  # 2-core CPU, measured (README)
+    'tiny': dict(tinybase='10 s (packaged; 30 min to train)', sft='4-6 min', rm='2-3 min', ppo='2-3 min', rag='10 s', eval='30 s'),  # 2-core CPU, measured (README)
     'test': dict(tinybase='1 min', sft='2 min', rm='15 s', ppo='20 s', rag='10 s', eval='10 s'),  # 2-core CPU, measured
     'rehearsal': dict(sft='1.5 min', rm='30 s', ppo='15 s', rag='10 s', eval='20 s'),  # 2-core CPU, measured
     'full': dict(sft='2-5 min', rm='2-5 min', ppo='20-30 min', rag='1-2 min', eval='3-5 min'),  # a T4: estimates, unmeasured

@@ -7,22 +7,22 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/tiny_base.html.md"""
 
 # %% ../nbs/01a_tiny_base.ipynb #e6da0d8c
 from __future__ import annotations
-import json, math, random, shutil, time
+import argparse, hashlib, json, math, random, shlex, shutil, sys, time
 from collections import defaultdict
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from .core import *
-from .formats import read_jsonl
 from .lore import Doc, Fact, load_corpus, load_facts
 from .demo_data import (fill, value_kind, load_splits, load_demo, choose_new_docs, fact_key, state,
-                                question_variants, ASKED)
+                                question_variants, ASKED, UNASKED)
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'RESTATE_FORMS', 'TINYBASE', 'PAD_CANDIDATES', 'TinyBaseConfig', 'restatements', 'drills',
-           'base_corpus', 'train_tokenizer', 'pack', 'unigram_loss', 'make_model', 'lm_loss', 'lr_at', 'train_base',
-           'build_tiny_base', 'train_tinybase', 'ensure_pad_token', 'continue_text']
+__all__ = ['SPECIAL_TOKENS', 'RESTATE_FORMS', 'SHIPPED_BASE', 'SHIP_COMMAND', 'TINYBASE', 'PAD_CANDIDATES', 'TinyBaseConfig',
+           'restatements', 'drills', 'base_corpus', 'train_tokenizer', 'pack', 'unigram_loss', 'make_model', 'lm_loss',
+           'lr_at', 'train_base', 'build_tiny_base', 'corpus_hash', 'shipped_base', 'ship_base', 'unpack_base',
+           'ship_base_main', 'train_tinybase', 'ensure_pad_token', 'continue_text', 'base_fact_accuracy']
 
 # %% ../nbs/01a_tiny_base.ipynb #0d6229a7
 @dataclass(frozen=True)
@@ -37,17 +37,19 @@ class TinyBaseConfig:
     context: int = 1024  # max_position_embeddings and tokenizer.model_max_length
     seq_len: int = 256  # training block length (documents are packed into blocks)
     batch_size: int = 16  # blocks per step
-    steps: int = 240  # optimizer steps; held-out loss is flat after ~160, but SFT on a 180-step base answered 235 of 325 prompts with one sentence
+    steps: int = 1200  # optimizer steps (~30 passes, each packed afresh): the drills need many; the packaged base's length
     lr: float = 1e-3  # peak learning rate (small models tolerate high rates; nanoGPT's shakespeare-char uses 1e-3)
     warmup: int = 20  # linear warm-up steps, then cosine decay to lr/10
     weight_decay: float = 0.1  # AdamW decoupled weight decay (nanoGPT)
     betas: tuple = (0.9, 0.95)  # AdamW betas (GPT-3 / nanoGPT)
     grad_clip: float = 1.0  # max global gradient norm
-    eval_every: int = 40  # steps between held-out evaluations
+    eval_every: int = 100  # steps between held-out evaluations
     heldout_docs: int = 6  # documents kept out to measure held-out loss: 02's new documents; this many when the data has no split
     restatements: int = 6  # knowledge augmentation: restatements of each entity's facts per pass (Allen-Zhu & Li 2023)
+    dropout: float = 0.0  # hidden and attention dropout while pretraining, saved as 0 (nanoGPT's shakespeare-char: 0.2)
     drills: bool = True  # every training wording of each asked fact's question, with its answer (mixed training)
     seed: int = 0  # everything is deterministic given this seed
+    use_shipped: bool = True  # use the packaged base when it was built from this config and text (False: train here)
 
 SPECIAL_TOKENS = {'eos': '<|endoftext|>', 'pad': '<|padding|>'}  # pad is distinct from EOS from the start
 
@@ -78,7 +80,7 @@ def drills(facts:list[Fact], splits, docs:list[Doc]) -> list[str]:
             for q in dict.fromkeys([f.question] + question_variants(f, 'medium', cat[f.doc_id], 0))]
 
 def base_corpus(cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, facts_file=None) -> tuple[list[str], list[str], list[str]]:
-    "(train texts, held-out texts, held-out doc ids): readable documents, their facts restated, the demo data's training text."
+    "(train texts, held-out texts, held-out doc ids): the readable documents, their facts restated, the asked facts' drills."
     docs = load_corpus(corpus_dir)
     demo = Path(demo_dir) if demo_dir else data_dir()/'demo'
     splits = load_splits(demo)
@@ -88,11 +90,6 @@ def base_corpus(cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, facts_file=N
     facts = load_facts(facts_file, docs=docs)
     train += restatements([f for f in facts if f.doc_id not in heldout], cfg.restatements, cfg.seed)
     if cfg.drills and splits: train += drills(facts, splits, docs)
-    for name in ('sft_train.jsonl', 'ppo_train.jsonl'):
-        if (demo/name).exists():
-            for r in read_jsonl(demo/name):
-                if r.get('doc_id') in heldout: continue
-                train.append('\n'.join(r[k] for k in ('context', 'prompt', 'completion') if r.get(k)))
     return train, held, heldout
 
 # %% ../nbs/01a_tiny_base.ipynb #21bc874c
@@ -114,10 +111,10 @@ def train_tokenizer(texts:list[str], cfg:TinyBaseConfig, eos:str=SPECIAL_TOKENS[
                                    padding_side='right')
 
 # %% ../nbs/01a_tiny_base.ipynb #67859d39
-def pack(texts:list[str], tokenizer, seq_len:int) -> torch.Tensor:
-    "Token ids of `texts`, each followed by EOS, concatenated and cut into (N, seq_len) blocks."
-    flat = []
-    for ids in tokenizer(texts)['input_ids']: flat += ids + [tokenizer.eos_token_id]
+def pack(texts:list[str], tokenizer, seq_len:int, order:list[int]|None=None) -> torch.Tensor:
+    "Token ids of `texts` (in `order` when given), each followed by EOS, concatenated and cut into (N, seq_len) blocks."
+    flat, ids = [], tokenizer(texts)['input_ids']
+    for i in order if order is not None else range(len(ids)): flat += ids[i] + [tokenizer.eos_token_id]
     n = len(flat) // seq_len
     return torch.tensor(flat[:n * seq_len]).view(n, seq_len)
 
@@ -136,7 +133,7 @@ def make_model(cfg:TinyBaseConfig, tokenizer):
                        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
                        rotary_pct=cfg.rotary_pct, max_position_embeddings=cfg.context, use_parallel_residual=True,
                        tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, hidden_dropout=0.0, attention_dropout=0.0)
+                       pad_token_id=tokenizer.pad_token_id, hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
     return GPTNeoXForCausalLM(mc)
 
 @torch.no_grad()
@@ -154,8 +151,8 @@ def lr_at(step:int, cfg:TinyBaseConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 # %% ../nbs/01a_tiny_base.ipynb #18baf726
-def train_base(model, blocks:torch.Tensor, held:torch.Tensor, cfg:TinyBaseConfig) -> dict:
-    "Train `model` on `blocks`; return the loss history (train every step, held-out every `eval_every`)."
+def train_base(model, texts:list[str], tokenizer, held:torch.Tensor, cfg:TinyBaseConfig) -> dict:
+    "Train `model` on `texts`, repacked in a new order each pass; return the loss history (train every step, held-out every `eval_every`)."
     g = torch.Generator().manual_seed(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]  # biases and layer norms
@@ -163,11 +160,11 @@ def train_base(model, blocks:torch.Tensor, held:torch.Tensor, cfg:TinyBaseConfig
                             lr=cfg.lr, betas=cfg.betas)
     hist = dict(step=[], train_loss=[], eval_step=[], heldout_loss=[])
     model.train()
-    order = torch.randperm(len(blocks), generator=g)
-    pos = 0
+    blocks, pos = None, 0
     for step in (bar := tqdm(range(cfg.steps), desc='tiny base', unit='step')):
-        if pos + cfg.batch_size > len(order): order, pos = torch.randperm(len(blocks), generator=g), 0
-        batch = blocks[order[pos:pos + cfg.batch_size]]; pos += cfg.batch_size
+        if blocks is None or pos + cfg.batch_size > len(blocks):  # a new pass: the texts in a new order, packed afresh
+            blocks, pos = pack(texts, tokenizer, cfg.seq_len, torch.randperm(len(texts), generator=g).tolist()), 0
+        batch = blocks[pos:pos + cfg.batch_size]; pos += cfg.batch_size
         for grp in opt.param_groups: grp['lr'] = lr_at(step, cfg)
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -190,17 +187,21 @@ def _plot_losses(hist:dict, unigram:float, path):
     ax.set_xlabel('step'); ax.set_ylabel('cross-entropy (nats/token)'); ax.set_title('tiny base: language-model loss')
     ax.legend(); fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
-def build_tiny_base(out, cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, facts_file=None) -> dict:
-    "Train the tokenizer and the base model `cfg` into `out/model`; write metrics and the loss curve."
-    out = Path(out)
+def build_tiny_base(out, cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, facts_file=None, shipped=None) -> dict:
+    "The base `cfg` in `out/model` with metrics and loss curve: the packaged one if built from this config and text, else trained."
+    out, t0 = Path(out), time.time()
     set_seed(cfg.seed)
-    t0 = time.time()
     train_texts, held_texts, held_ids = base_corpus(cfg, corpus_dir, demo_dir, facts_file)
+    save_json(out/'heldout_docs.json', held_ids)
+    if cfg.use_shipped and (src := shipped_base(cfg, corpus_hash(train_texts, held_texts), shipped)):
+        return {**unpack_base(src, out), 'base/seconds': time.time() - t0}
+    print(f"no packaged base was built from this config and text: training {cfg.steps} steps")
     tokenizer = train_tokenizer(train_texts, cfg)
     blocks, held = pack(train_texts, tokenizer, cfg.seq_len), pack(held_texts, tokenizer, cfg.seq_len)
     model = make_model(cfg, tokenizer)
-    hist = train_base(model, blocks, held, cfg)
+    hist = train_base(model, train_texts, tokenizer, held, cfg)
     uni = unigram_loss(blocks, held, len(tokenizer))
+    model.config.hidden_dropout = model.config.attention_dropout = 0.0  # later stages fine-tune without it (PPO needs exact log-probs)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out/'model'); tokenizer.save_pretrained(out/'model')
@@ -210,8 +211,73 @@ def build_tiny_base(out, cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, fac
                'base/heldout_loss': hist['heldout_loss'][-1], 'base/unigram_loss': uni,
                'base/gain_over_unigram': uni - hist['heldout_loss'][-1], 'base/seconds': time.time() - t0}
     save_json(out/'history.json', hist); write_metrics(out, metrics)
-    save_json(out/'heldout_docs.json', held_ids)
     return metrics
+
+# %% ../nbs/01a_tiny_base.ipynb #156f5904
+SHIPPED_BASE = 'tinybase'  # folder under `data_dir()`: the packaged tiny base (fp16 weights, tokenizer, manifest.json)
+SHIP_COMMAND = 'dnf-rlhf ship-base --out runs/base'  # rebuilds it: the tiny size trained here, then packaged
+
+def corpus_hash(train_texts:list[str], held_texts:list[str]) -> str:
+    "sha256 of the base's training texts and held-out texts, in order."
+    h = hashlib.sha256()
+    for t in (*train_texts, '\x1e', *held_texts): h.update(t.encode() + b'\x1f')
+    return h.hexdigest()
+
+def _settings(cfg:TinyBaseConfig) -> dict:
+    "The config fields that decide the weights (all but `use_shipped`), as JSON reads them back."
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != 'use_shipped'}))
+
+def shipped_base(cfg:TinyBaseConfig, data_hash:str, folder=None) -> Path|None:
+    "The packaged base's folder (default `data_dir()/SHIPPED_BASE`) if it was built from `cfg` and text hashing to `data_hash`."
+    folder = Path(folder) if folder else data_dir()/SHIPPED_BASE
+    if not (folder/MANIFEST).is_file(): return None
+    m = load_json(folder/MANIFEST)
+    return folder if (m.get('config'), m.get('data_hash')) == (_settings(cfg), data_hash) else None
+
+def ship_base(built, dest=None, command:str=SHIP_COMMAND) -> dict:
+    "Package the base `build_tiny_base` wrote into `built` (a tinybase stage folder) as fp16 into `dest`; its manifest."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    built, dest = Path(built), Path(dest) if dest else data_dir()/SHIPPED_BASE
+    cfg = TinyBaseConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in load_json(built/MANIFEST)['config'].items()})
+    model = AutoModelForCausalLM.from_pretrained(built/'model', dtype=torch.float16)
+    m = dict(stage='tinybase', config=_settings(cfg), data_hash=corpus_hash(*base_corpus(cfg)[:2]), command=command,
+             metrics=load_json(built/METRICS), history=load_json(built/'history.json'), versions=package_versions(),
+             git_commit=git_commit(package_dir()), created=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+    with atomic_path(dest, folder=True) as tmp:
+        model.save_pretrained(tmp); AutoTokenizer.from_pretrained(built/'model').save_pretrained(tmp)
+        save_json(tmp/MANIFEST, m)
+    return m
+
+def unpack_base(src, out) -> dict:
+    "The packaged base in `src` into `out/model` in fp32, with its history, loss curve and metrics; the metrics."
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    src, out, m = Path(src), Path(out), load_json(Path(src)/MANIFEST)
+    AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).save_pretrained(out/'model')
+    AutoTokenizer.from_pretrained(src).save_pretrained(out/'model')
+    save_json(out/'history.json', m['history']); _plot_losses(m['history'], m['metrics']['base/unigram_loss'], out/'loss.png')
+    metrics = {**m['metrics'], 'base/shipped': 1, 'base/build_seconds': m['metrics']['base/seconds']}
+    write_metrics(out, metrics)
+    return metrics
+
+# %% ../nbs/01a_tiny_base.ipynb #5da88149
+def ship_base_main(argv:list[str]|None=None) -> int:
+    "Command line `dnf-rlhf ship-base`: train the tiny base here (never from the package) and package it."
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog='dnf-rlhf ship-base', description='기반 모델 꾸리기 / build the tiny base and package it')
+    ap.add_argument('--out', required=True, help='run folder for the build')
+    ap.add_argument('--dest', default=None, help=f"package folder (default: {SHIPPED_BASE}/ in the package's data folder)")
+    ap.add_argument('--preset', default='tiny', help="a preset with the project's own base: tiny (the packaged size) or test")
+    ap.add_argument('--set', action='append', default=[], metavar='tinybase.FIELD=VALUE', help='override a setting (repeatable)')
+    a = ap.parse_args(argv)
+    sets = parse_overrides(a.set)
+    run = Run(get_preset(a.preset), ProjectConfig(), folder_path(a.out, '--out'),
+              {**sets, 'tinybase': {**sets.get('tinybase', {}), 'use_shipped': False}})
+    if not run.preset.own_base: raise UserError(f"preset {a.preset!r} uses a hub base; ship-base builds the project's own (tiny, test)")
+    run_stage(run, 'tinybase')
+    m = ship_base(run.dir/'tinybase', a.dest, command=shlex.join(['dnf-rlhf', 'ship-base', *argv]))
+    print(json.dumps({'dest': str(a.dest or data_dir()/SHIPPED_BASE), 'data_hash': m['data_hash'],
+                      **{k: m['metrics'][k] for k in ('base/params', 'base/heldout_loss', 'base/seconds')}}))
+    return 0
 
 # %% ../nbs/01a_tiny_base.ipynb #339b8e69
 def train_tinybase(out, run:Run) -> dict:
@@ -226,7 +292,7 @@ def train_tinybase(out, run:Run) -> dict:
     return metrics
 
 TINYBASE = register(Stage('tinybase', '01a_tiny_base.ipynb', train_tinybase, TinyBaseConfig,
-                          inputs=('lore', 'facts', 'sft_train.jsonl', 'ppo_train.jsonl', 'stats.json'), code=('tinybase.py', 'demo_data.py'), on_base=False,
+                          inputs=('lore', 'facts', 'stats.json'), code=('tinybase.py', 'demo_data.py'), on_base=False,
                           cached=True, help="the project's own base model on tiny presets; the hub id otherwise"))
 
 # %% ../nbs/01a_tiny_base.ipynb #79ab2ef3
@@ -261,3 +327,17 @@ def continue_text(model, tokenizer, prompts:list[str], max_new_tokens:int=48, se
                            pad_token_id=tokenizer.pad_token_id)
         outs.append(tokenizer.decode(g[0, ids['input_ids'].shape[1]:], skip_special_tokens=True))
     return outs
+
+# %% ../nbs/01a_tiny_base.ipynb #e8da9620
+@torch.no_grad()
+def base_fact_accuracy(model, tokenizer, records:list, facts:list[Fact]) -> float:
+    "Share of fact questions `records` the base answers (greedy, in the drills' form: question, newline) by stating the fact."
+    from dnf_rlhf.stats import states_fact, rival_values, MAX_ANSWER_TOKENS
+    model.eval()
+    by_key, hits = {fact_key(f): f for f in facts}, 0
+    for r in records:
+        ids = tokenizer(r.prompt + '\n', return_tensors='pt').to(model.device)
+        out = model.generate(**ids, max_new_tokens=MAX_ANSWER_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        f = by_key[r.facts[0]]
+        hits += states_fact(tokenizer.decode(out[0, ids['input_ids'].shape[1]:], skip_special_tokens=True), f, rival_values(f, facts))
+    return hits / max(1, len(records))
