@@ -31,8 +31,8 @@ def _bad_inputs(tmp):
     (corpus/'broken.md').write_text('---\nid: broken\ntitle: 깨진 문서\n\n본문이 시작되지 않았다.\n', encoding='utf-8')
     (tmp/'corpus.json').write_text(json.dumps({'corpus_dir': str(corpus)}), encoding='utf-8')
     data = tmp/'data'; data.mkdir()
-    (data/'sft_train.jsonl').write_text('{"prompt": "안녕?", "completion": "안녕하세요."}\n{"prompt": "끊긴 줄\n',
-                                        encoding='utf-8')
+    (data/'retrieval_train.jsonl').write_text('{"question": "어디?", "answer": "숲", "start": 0, "end": 1, "doc_id": "x"}\n'
+                                              '{"question": "끊긴 줄\n', encoding='utf-8')
     (tmp/'data.json').write_text(json.dumps({'datasets_dir': str(data)}), encoding='utf-8')
     (tmp/'afile').write_text('not a folder')
     out = str(tmp/'run')
@@ -44,7 +44,7 @@ def _bad_inputs(tmp):
             ('persona', stage('lore', 'persona.json'), ['persona.json', "field 'persona'"]),
             ('lore', stage('lore', 'corpus.json'), ['broken.md', 'never closed']),
             ('lore-in-run', stage('run', 'corpus.json'), ['broken.md', 'never closed']),  # under the progress bar
-            ('jsonl', stage('tinybase', 'data.json'), ['sft_train.jsonl:2', 'not valid JSON']),
+            ('jsonl', stage('rag', 'data.json'), ['retrieval_train.jsonl:2', 'not valid JSON']),  # the index learns from it
             ('out-is-a-file', ['run', '--preset', 'tiny', '--out', str(tmp/'afile')], ['afile', 'not a folder']),
             ('stage-typo', ['run', '--preset', 'tiny', '--out', out, '--stages', 'sfft'], ['sfft'])]
 
