@@ -154,7 +154,7 @@ def test_index_command(tmp_path, test_env):
     assert first.returncode == 0, first.stderr[-2000:]
     a, b = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (first, second))
     assert (a['rebuilt'], b['rebuilt']) == (True, False) and a['modes'] == ['bm25']
-    assert a['evaluation'][0]['mode'] == 'bm25' and a['evaluation'][0]['recall@5'] >= 0.9
+    assert a['evaluation'][0]['mode'] == 'bm25' and a['evaluation'][0]['recall@5'] >= 0.8  # test split, misspelled and description-only included
     assert load_retriever(tmp_path/'ix').search('머크우드는 어떤 곳인가요?', k=1)[0].chunk.doc_id == 'region-murkwood'
 
 def test_rag_stage_writes_index_metrics_and_manifest(tmp_path):
@@ -162,6 +162,7 @@ def test_rag_stage_writes_index_metrics_and_manifest(tmp_path):
     from dnf_rlhf.core import Run, run_stage
     metrics = run_stage(Run(get_preset('test'), dir=tmp_path), 'rag')
     assert stage_done(tmp_path/'rag') and load_json(tmp_path/'rag'/'metrics.json') == metrics
-    assert metrics['rag/hybrid_all_recall@5'] >= 0.9 and metrics['rag/bm25_particle_recall@5'] >= 0.9
+    assert metrics['rag/hybrid_particle_recall@5'] >= 0.9 and metrics['rag/bm25_particle_recall@5'] >= 0.9
+    assert metrics['rag/hybrid_all_recall@5'] >= 0.8 and 0.2 <= metrics['rag/dense_weight'] <= 0.8  # all forms; a fitted share
     assert default_index_dir(run_dir=tmp_path) == tmp_path/'rag'/'index'
     assert load_retriever(tmp_path/'rag'/'index').modes == ('bm25', 'dense', 'hybrid')
