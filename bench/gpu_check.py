@@ -1,4 +1,5 @@
-"""GPU check: the `colab-t4` pipeline on a real-size random-weight polyglot-ko-1.3b stand-in, under a T4's 15 GiB.
+"""GPU check: a Colab GPU preset's pipeline (`colab-t4` by default) on a real-size random-weight polyglot-ko-1.3b
+stand-in, under that GPU's memory (a T4's 15 GiB, an L4's 22, an A100's 40).
 
 What runs (no hub, no network; one run folder, stages in pipeline order, each reading the one before):
 
@@ -11,9 +12,10 @@ What runs (no hub, no network; one run folder, stages in pipeline order, each re
 - serve: 4 chat requests through the real server on 127.0.0.1 with the real `openai` client.
 
 Settings forced with the existing knobs: `get_preset('colab-t4').with_base(<stand-in>)` (fp16, NF4, gradient
-checkpointing and the T4 batch shapes: SFT/RM 4 x 4 x 512, PPO 16/4, 256 + 128 tokens), stage settings overridden
+checkpointing and the T4 batch shapes: SFT/RM 4 x 4 x 512, PPO 16/4, 256 + 128 tokens; `--preset colab-l4` or
+`colab-a100`: bf16 and their shapes), stage settings overridden
 as `--set` does (`Run(preset, overrides={'sft': {'max_steps': 10, ...}})`), the policy from `device_policy`, and
-`torch.cuda.set_per_process_memory_fraction(15 GiB / total)`. Per stage: seconds and peak memory
+`torch.cuda.set_per_process_memory_fraction(cap / total)`. Per stage: seconds and peak memory
 (`torch.cuda.max_memory_allocated`, reset before each stage).
 
 The datasets are the demo data trimmed (ProjectConfig.datasets_dir -> a temp copy: fewer reward-model pairs and test
@@ -27,6 +29,7 @@ cut: the '+rag' systems get real lore passages, chosen without Kiwi/BM25/FAISS. 
 with `--stub-matplotlib`) a no-op stand-in is used: plots are not drawn. Both are listed in the JSON line.
 
     python bench/gpu_check.py            # the GPU check (a CUDA GPU is required; at most ~4 minutes)
+    python bench/gpu_check.py --preset colab-l4   # the bf16 path, under an L4's 22 GiB
     python bench/gpu_check.py --smoke    # the same code on CPU: 'tiny' stand-in, the rehearsal's shapes and steps
 
 The last line printed is one JSON object: device, gpu, capability, torch, stages {name: {seconds, peak_gb, ...}}, ok,
@@ -47,6 +50,7 @@ for k, v in dict(HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_OFFLI
 RETRIEVAL = ('kiwipiepy', 'bm25s', 'faiss')  # not installed on the GPU machine: the check must not need them
 STAGES = ('sft', 'rm', 'ppo', 'eval', 'serve')
 GiB = 2**30
+CAPS_GB = {'colab-t4': 15.0, 'colab-l4': 22.0, 'colab-a100': 40.0}  # usable memory of each preset's GPU
 
 @dataclasses.dataclass(frozen=True)
 class Sizes:
@@ -205,23 +209,24 @@ def run_check(a, rep:dict, work:Path):
     if cuda:
         props = torch.cuda.get_device_properties(0)
         rep.update(gpu=props.name, capability=list(torch.cuda.get_device_capability(0)), vram_gb=round(props.total_memory / GiB, 1))
-        if not a.smoke and a.cap_gb:
-            frac = min(1.0, a.cap_gb * GiB / props.total_memory)
+        cap = CAPS_GB[a.preset] if a.cap_gb is None else a.cap_gb
+        if not a.smoke and cap:
+            frac = min(1.0, cap * GiB / props.total_memory)
             torch.cuda.set_per_process_memory_fraction(frac, 0)
-            rep.update(cap_gb=a.cap_gb, cap_fraction=round(frac, 4))
+            rep.update(cap_gb=cap, cap_fraction=round(frac, 4))
     # 1. the stand-in base
     t0 = time.time(); mem_reset(); rep['failed_stage'] = 'build'
     base = work/'base'
     where = build_standin(base, S.standin, on_gpu=cuda and not a.smoke)
     rep['build'] = {'seconds': round(time.time() - t0, 2), **mem_peak(), 'size': S.standin, 'on': where,
                     'gb_on_disk': round(sum(f.stat().st_size for f in base.rglob('*') if f.is_file()) / GiB, 3)}
-    # 2. the preset, forced: colab-t4 on the stand-in (rehearsed shapes only for the smoke run)
-    preset = dataclasses.replace(get_preset('colab-t4').with_base(str(base)), quantization='nf4', dtype='fp16', gradient_checkpointing=True)
+    # 2. the preset on the stand-in (rehearsed shapes only for the smoke run)
+    preset = get_preset(a.preset).with_base(str(base))
     if a.smoke: preset = preset.rehearsed()
     policy = device_policy(probe_hardware(), preset)
-    want = 'fp16' if policy.device == 'cuda' else CPU_SUBSTITUTES['fp16']  # the smoke run: fp16's documented CPU substitute
+    want = preset.dtype if policy.device == 'cuda' else CPU_SUBSTITUTES.get(preset.dtype, preset.dtype)  # smoke: the CPU substitute
     if (policy.dtype, policy.quantization) != (want, 'nf4') or (not a.smoke and policy.device != 'cuda'):
-        raise RuntimeError(f"policy is not colab-t4's (cuda, fp16, nf4) or its CPU rehearsal: {policy}")
+        raise RuntimeError(f"policy is not {a.preset}'s (cuda, {preset.dtype}, nf4) or its CPU rehearsal: {policy}")
     rep.update(preset=preset.name, rehearsal=preset.rehearsal, policy=dataclasses.asdict(policy),
                shapes={k: dataclasses.asdict(getattr(preset, k)) for k in ('sft', 'rm', 'ppo')})
     project = trimmed_project(work/'datasets', S.keep)
@@ -257,7 +262,8 @@ def run_check(a, rep:dict, work:Path):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--smoke', action='store_true', help="the same code on CPU at toy size (the 'tiny' stand-in, rehearsal shapes)")
-    ap.add_argument('--cap-gb', type=float, default=15.0, help='GPU memory cap in GiB (a T4: 15); 0: no cap')
+    ap.add_argument('--preset', default='colab-t4', choices=sorted(CAPS_GB), help='the Colab GPU preset to run')
+    ap.add_argument('--cap-gb', type=float, default=None, help="GPU memory cap in GiB (default: the preset's GPU, a T4: 15); 0: no cap")
     ap.add_argument('--budget-s', type=int, default=None, help='stop with ok=false past this many seconds (default 240 on GPU, 300 smoke)')
     ap.add_argument('--stub-matplotlib', action='store_true', help='use the no-op matplotlib even when it is installed')
     ap.add_argument('--keep', default=None, help='work folder to keep (stand-in, datasets, run); default: a temp folder, removed')

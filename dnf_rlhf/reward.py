@@ -88,10 +88,10 @@ def score_ids(model, tokenizer, ids_list:list[list[int]], batch_size:int=32, pad
     return torch.cat(out) if out else torch.zeros(0)
 
 # %% ../nbs/04_reward_model.ipynb #3dd61afe
-def train_rm(out, run:Run, normalise:bool=True) -> dict:
+def train_rm(out, run:Run, normalise:bool=True, callbacks=()) -> dict:
     "Train the run's reward model into `out`: adapter + score head, diagnostics, normalisation (from SFT samples)."
     from trl import RewardTrainer, RewardConfig
-    from dnf_rlhf.sft import peft_wrap
+    from dnf_rlhf.sft import peft_wrap, fp32_trainable
     out, preset, project, policy = Path(out), run.preset, run.project, run.policy
     cfg, shape = run.cfg('rm'), preset.rm
     set_seed(cfg.seed); t0 = time.time()
@@ -108,7 +108,8 @@ def train_rm(out, run:Run, normalise:bool=True) -> dict:
                         gradient_checkpointing=preset.gradient_checkpointing,
                         pad_to_multiple_of=shape.max_len if policy.fixed_shapes else None, **trainer_precision(policy))
     trainer = RewardTrainer(model=model, args=args, train_dataset=tokenize_pairs(train_pairs, tok, run),
-                            processing_class=tok)
+                            processing_class=tok, callbacks=list(callbacks))
+    fp32_trainable(trainer.model)
     from dnf_rlhf.sft import last_checkpoint
     trainer.train(resume_from_checkpoint=last_checkpoint(out/'checkpoints'))
     model = trainer.model

@@ -17,8 +17,8 @@ from .models import load_pretrained, lora_targets
 
 # %% auto #0
 __all__ = ['SFT', 'SFTStageConfig', 'lora_config', 'load_sft_splits', 'sft_persona', 'sft_messages', 'tokenize_records',
-           'last_checkpoint', 'trainer_precision', 'peft_wrap', 'keep_4bit_trainable_on_cpu', 'train_sft',
-           'heldout_generation_metrics', 'write_model_card', 'merge_adapter']
+           'last_checkpoint', 'trainer_precision', 'peft_wrap', 'keep_4bit_trainable_on_cpu', 'fp32_trainable',
+           'train_sft', 'heldout_generation_metrics', 'write_model_card', 'merge_adapter']
 
 # %% ../nbs/03_sft.ipynb #07eeb5f5
 @dataclass(frozen=True)
@@ -97,6 +97,13 @@ def keep_4bit_trainable_on_cpu(model):
         if hasattr(m, 'support_avx512bf16_for_cpu'): m.support_avx512bf16_for_cpu = False
     return model
 
+def fp32_trainable(model):
+    "Keep the trainable (LoRA) parameters in fp32, after TRL's trainers cast a 4-bit model's adapters to bf16."
+    import torch
+    for p in model.parameters():  # fp16 AMP's loss scaler cannot unscale bf16 gradients on CUDA (a T4 crashed here), and
+        if p.requires_grad and p.dtype != torch.float32: p.data = p.data.float()  # bf16 rounds small Adam updates away
+    return model
+
 # %% ../nbs/03_sft.ipynb #90389d50
 def train_sft(out, run:Run, callbacks=(), limit:int|None=None) -> dict:
     "Fine-tune the run's base on the SFT data into `out` (adapter, tokenizer, manifest, metrics, model card); `limit` caps every split (tests)."
@@ -126,6 +133,7 @@ def train_sft(out, run:Run, callbacks=(), limit:int|None=None) -> dict:
         pad_to_multiple_of=shape.max_len if policy.fixed_shapes else None, **trainer_precision(policy))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
                          callbacks=[EarlyStoppingCallback(cfg.patience), *callbacks])
+    fp32_trainable(trainer.model)
     # 4. the starting point, kept across a resume
     start_file = out/'eval_start.json'
     if not start_file.exists(): save_json(start_file, {'eval_loss': trainer.evaluate()['eval_loss']})

@@ -7,6 +7,7 @@ from transformers import TrainerCallback
 from conftest import cli
 from dnf_rlhf.core import Run, get_preset, load_json, METRICS, MissingArtifactError
 from dnf_rlhf.sft import train_sft
+from dnf_rlhf.reward import train_rm
 
 class Steps(TrainerCallback):
     "Record the optimizer steps this run actually took."
@@ -24,14 +25,28 @@ def small(preset='test', **sft) -> Run:
     p = preset if not isinstance(preset, str) else get_preset(preset)
     return Run(p, overrides={'sft': dict(eval_steps=2, max_new_tokens=8, **sft)})
 
+class TrainableDtypes(TrainerCallback):
+    "Record the dtypes of the parameters the optimizer updates, as training starts."
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.dtypes = {str(p.dtype) for p in model.parameters() if p.requires_grad}
+
 def test_qlora_4bit_steps_on_cpu(tmp_path):
-    m = train_sft(tmp_path, small(replace(get_preset('test'), quantization='nf4'), max_steps=3), limit=24)
+    seen = TrainableDtypes()
+    m = train_sft(tmp_path, small(replace(get_preset('test'), quantization='nf4'), max_steps=3), limit=24, callbacks=[seen])
+    assert seen.dtypes == {'torch.float32'}, seen.dtypes  # TRL casts 4-bit adapters to bf16: a T4's fp16 scaler then fails
     assert m['sft/steps'] == 3
     assert m['sft/eval_loss_start'] > 0 and m['sft/eval_loss_end'] > 0  # evaluation and training alternate on 4-bit CPU
     man = load_json(tmp_path/'manifest.json')
     assert man['base']['quantization'] == 'nf4'
     import bitsandbytes as bnb  # the adapter was trained on a 4-bit base: the base linear layers were Linear4bit
     assert (tmp_path/'adapter'/'adapter_model.safetensors').exists()
+
+def test_qlora_reward_model_trains_fp32_adapters(tmp_path):
+    seen = TrainableDtypes()
+    run = Run(replace(get_preset('test'), quantization='nf4'), overrides={'rm': dict(max_steps=1)})
+    m = train_rm(tmp_path, run, normalise=False, callbacks=[seen])
+    assert seen.dtypes == {'torch.float32'}, seen.dtypes  # LoRA and the score head's trainable copy
+    assert m['rm/train_pairs'] > 0
 
 def test_resume_after_disconnect(tmp_path):
     with pytest.raises(ConnectionError):

@@ -4,11 +4,13 @@
 #
 # The GPU machine has no network and no package index; its image (Python 3.12, x86_64 Linux) has torch, transformers,
 # peft, accelerate, tokenizers and sentence-transformers (and so their dependencies: numpy, huggingface-hub, safetensors,
-# pyyaml, tqdm, filelock, fsspec, psutil, jinja2, packaging, regex, ...), but not trl, bitsandbytes, datasets, fastapi,
-# uvicorn, openai, nor the retrieval packages (kiwipiepy, bm25s, faiss: the check does not import them).
+# pyyaml, tqdm, filelock, fsspec, psutil, jinja2, packaging, regex, ...) and pandas, pyarrow, matplotlib (KINDS.md's
+# package list), but not trl, bitsandbytes, datasets, fastapi, uvicorn, openai, nor the retrieval packages (kiwipiepy,
+# bm25s, faiss: the check does not import them).
 #
 # What is gathered: REQUIRED (the check cannot run without them) and, while the budget allows, OPTIONAL (dependencies
-# the image most likely has already: transformers 5 needs typer -> pydantic; huggingface-hub 2 needs httpx2 -> anyio).
+# the image most likely has already: transformers 5 needs typer -> pydantic; huggingface-hub 2 needs httpx2 -> anyio;
+# pandas and pyarrow for datasets, left out first: with the packaged tiny base the repository is ~20 MiB).
 # Versions are pinned to the ones installed in the Python running this script (the project's venv: the versions its
 # tests pass with). matplotlib (+ fonttools, kiwisolver, contourpy: ~15 MiB) does not fit: the check uses a no-op
 # stand-in when the image lacks it.
@@ -33,9 +35,10 @@ export BNB_KEEP=${BNB_KEEP:-"128 130"}
 LIMIT_MIB=${GPU_WHEELS_LIMIT_MIB:-64}  # everything that travels: wheels + repository
 MARGIN_MIB=${GPU_WHEELS_MARGIN_MIB:-1.5}  # left free for the repository to grow
 
-REQUIRED=(trl bitsandbytes datasets pyarrow pandas python-dateutil tzdata dill multiprocess xxhash
+REQUIRED=(trl bitsandbytes datasets tzdata dill multiprocess xxhash
           fastapi starlette opentelemetry-api uvicorn h11 openai jiter sniffio fastcore)
-OPTIONAL=(pydantic pydantic-core annotated-types typing-inspection annotated-doc anyio idna click httpx2 httpcore2 truststore)
+OPTIONAL=(pydantic pydantic-core annotated-types typing-inspection annotated-doc anyio idna click httpx2 httpcore2 truststore
+          python-dateutil pandas pyarrow)
 
 pins() {  # name==version as installed here (bare name when not installed)
   "$PY" - "$@" <<'EOF'
