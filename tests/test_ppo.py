@@ -44,16 +44,19 @@ def test_nonfinite_loss_stops_and_saves_a_checkpoint(tmp_path):
     assert last_ppo_checkpoint(tmp_path) is None  # never picked up as a resume point
     assert not (tmp_path/'adapter').exists()
 
-def test_signoff_reward_rises_on_heldout_prompts_with_kl_below_target(tmp_path):
-    "The SFT model never ends with PPO_SIGNOFF; PPO on the dense sign-off reward must raise it on held-out prompts."
-    kl_target = 6.0
-    run = run_with(steps=64, lr=3e-4, ppo_epochs=4, init_kl_coef=0.02, kl_target=kl_target, eval_prompts=64)
-    m = train_ppo(tmp_path, run, reward_fn=signoff_reward)
+def test_ending_reward_rises_on_heldout_prompts_with_kl_below_target(tmp_path):
+    """PPO on a dense programmatic reward (how much an answer ends with ENDING) must raise it on held-out prompts.
+
+    The reward needs variance under the SFT model: the test-size SFT model ends ~8 % of its sampled answers with
+    ENDING (mean reward 0.42), never with PPO_SIGNOFF (0.22, std 0.07: 64 steps found nothing to climb)."""
+    ending, kl_target = '있어요.', 6.0
+    run = run_with(steps=64, lr=1e-4, ppo_epochs=4, init_kl_coef=0.02, kl_target=kl_target, eval_prompts=64)
+    m = train_ppo(tmp_path, run, reward_fn=lambda text: signoff_reward(text, ending))
     print({k: round(v, 4) for k, v in m.items() if isinstance(v, float)})
     assert m['ppo_eval/prompts'] >= 64
     assert m['ppo_eval/raw_sft'] < 0.5  # the SFT model does not already satisfy it
     assert m['ppo_eval/reward_gain'] > 2 * m['ppo_eval/reward_gain_se'] > 0  # sampled answers, fixed seed, paired
-    assert m['ppo_eval/raw_ppo'] > m['ppo_eval/raw_sft']
+    assert m['ppo_eval/raw_ppo'] > m['ppo_eval/raw_sft'] + 0.1  # the programmatic reward itself, not only EOS
     assert m['ppo_eval/kl'] < kl_target and m['ppo/kl_final'] < kl_target
     assert load_json(tmp_path/'manifest.json')['reward'] == 'reward_fn'
 
