@@ -32,6 +32,11 @@ with `--stub-matplotlib`) a no-op stand-in is used: plots are not drawn. Both ar
     python bench/gpu_check.py --preset colab-l4   # the bf16 path, under an L4's 22 GiB
     python bench/gpu_check.py --smoke    # the same code on CPU: 'tiny' stand-in, the rehearsal's shapes and steps
 
+Measured 2026-12-04 on one H200 (torch 2.11.0+cu130, transformers 5.17.0, peft 0.21.0, trl 1.16.0, bitsandbytes
+0.50.2), total / per stage seconds, peak allocated GiB: colab-t4 182 s (sft 60 s 2.10, rm 35 s 2.06, ppo 37 s 1.99,
+eval 24 s 3.10, serve 5 s 1.01); colab-l4 151 s (sft 34 s 2.63, rm 19 s 2.06, ppo 52 s 2.56, eval 21 s 3.58, serve
+6 s). Before `sft.fp32_trainable`, colab-t4 stopped at SFT's first optimizer step (bf16 adapters under fp16 AMP).
+
 The last line printed is one JSON object: device, gpu, capability, torch, stages {name: {seconds, peak_gb, ...}}, ok,
 error (and failed_stage, build, policy, shapes, versions, blocked, stubbed, the dnf_rlhf modules imported). On any
 exception (or past `--budget-s`, 240 s by default on the GPU) the JSON line still comes, with "ok": false, and the
