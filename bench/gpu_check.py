@@ -262,6 +262,8 @@ def run_check(a, rep:dict, work:Path):
         print(f"gpu_check: {name} done in {rep['stages'][name]['seconds']} s", file=sys.stderr, flush=True)
     rep['stages']['eval']['prompts'] = sum(1 for _ in (run_dir/'eval'/'answers.jsonl').open(encoding='utf-8'))
     rep['stages']['sft']['nf4_layers'] = load_json(run_dir/'sft'/'manifest.json')['base']['nf4_layers']
+    hist = load_json(run_dir/'ppo'/'history.json')  # fp16: the loss scale and the share of updates it skipped, per step
+    rep['stages']['ppo'].update({k: [h.get(f'ppo/{k}') for h in hist] for k in ('loss_scale', 'skipped_updates', 'grad_norm')})
     rep['failed_stage'] = None
 
 def main(argv=None) -> int:

@@ -32,10 +32,10 @@ __all__ = ['CACHE_ARG', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX'
            'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden', 'Layout', 'SharedLayout',
            'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'encode_queries', 'next_token',
            'sample_responses', 'truncate_after_eos', 'decode_responses', 'length_micro_batches', 'rollout',
-           'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward', 'NonFiniteError', 'ppo_step',
-           'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint',
-           'kl_warning', 'heldout_ppo_records', 'answer_and_score', 'heldout_kl', 'before_after', 'ppo_report_markdown',
-           'plot_ppo_curves', 'train_ppo']
+           'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward', 'NonFiniteError', 'loss_scaler',
+           'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint', 'last_ppo_checkpoint',
+           'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'answer_and_score', 'heldout_kl', 'before_after',
+           'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
 def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0, with_entropy:bool=False):
@@ -550,9 +550,15 @@ def signoff_reward(text:str, signoff:str|None=None) -> float:
 class NonFiniteError(FloatingPointError):
     "A loss or gradient became NaN/inf."
 
+def loss_scaler(run:Run):
+    "A `torch.amp.GradScaler` that scales the loss under fp16 (dynamic, from 2^16) and passes through otherwise."
+    return torch.amp.GradScaler(run.policy.device if run.policy.device in ('cuda', 'cpu') else 'cuda',
+                                enabled=run.policy.dtype == 'fp16')
+
 def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLController, opt, sched, norm:dict,
-             reward_fn=None) -> tuple[dict, dict]:
+             reward_fn=None, scaler=None) -> tuple[dict, dict]:
     "One PPO step on `batch` (from `encode_queries`): rollout, scores, advantages, clipped updates. Returns (metrics, rollout)."
+    scaler = scaler or loss_scaler(run)  # fp16: scales the loss; otherwise a pass-through
     cfg, shape, dev = run.cfg('ppo'), run.preset.ppo, next(layout.parameters()).device
     batch = {k: v.to(dev) for k, v in batch.items()}
     # 1-2. rollout without gradients
@@ -582,13 +588,14 @@ def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLControlle
                                         cfg.cliprange_value, denom=n_tok)  # this micro-batch's share of the token means
                 loss = pg + cfg.vf_coef * vf
                 if not torch.isfinite(loss): raise NonFiniteError(f"loss is {loss.item()} (pg {pg.item()}, vf {vf.item()})")
-                loss.backward()
+                scaler.scale(loss).backward()
                 for k, v in dict(pg_loss=pg.item(), vf_loss=vf.item(), **st).items():
                     mb_stats[k] = mb_stats.get(k, 0.0) + v  # shares add up to the minibatch's means
+            scaler.unscale_(opt)
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            if not torch.isfinite(gn): raise NonFiniteError(f"gradient norm is {gn.item()}")
-            opt.step(); sched.step()
-            stats.append(dict(mb_stats, grad_norm=gn.item()))  # per minibatch
+            if not torch.isfinite(gn) and not scaler.is_enabled(): raise NonFiniteError(f"gradient norm is {gn.item()}")
+            scaler.step(opt); scaler.update(); sched.step()  # fp16: an overflowing update is skipped, the scale halved
+            stats.append(dict(mb_stats, grad_norm=gn.item(), skipped=float(not torch.isfinite(gn))))  # per minibatch
     # 6. KL controller (on the mean KL per response) and metrics
     kl = (k1 * m).sum(1)  # (B,)
     kl_ctl_before = kl_ctl.value
@@ -600,7 +607,10 @@ def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLControlle
                'ppo/non_score_reward': (-kl_ctl_before * kl).mean().item(),
                'ppo/entropy': masked_mean(ro['entropy'], m).item(), 'ppo/clipfrac': mean('clipfrac'),
                'ppo/approxkl': mean('approxkl'), 'ppo/pg_loss': mean('pg_loss'), 'ppo/vf_loss': mean('vf_loss'),
-               'ppo/vf_clipfrac': mean('vf_clipfrac'), 'ppo/grad_norm': mean('grad_norm'),
+               'ppo/vf_clipfrac': mean('vf_clipfrac'),
+               'ppo/grad_norm': float(np.mean([s['grad_norm'] for s in stats if not s['skipped']] or [0.0])),
+               'ppo/skipped_updates': mean('skipped'),
+               'ppo/loss_scale': scaler.get_scale() if scaler.is_enabled() else 1.0,
                'ppo/explained_variance': (1 - masked_var(returns - ro['values'], m) / var_ret.clamp_min(1e-8)).item(),
                'ppo/response_length': m.sum(1).mean().item(), 'ppo/eos_rate': ro['ended'].float().mean().item(),
                'ppo/lr': sched.get_last_lr()[0]}
@@ -818,7 +828,7 @@ def _train_ppo(out, run, reward_fn, callbacks) -> dict:
     opt = torch.optim.AdamW(list(layout.trainable().values()), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     updates = cfg.steps * cfg.ppo_epochs * math.ceil(shape.batch_size / shape.minibatch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / updates))
-    kl_ctl = kl_controller(cfg, shape)
+    kl_ctl, scaler = kl_controller(cfg, shape), loss_scaler(run)  # the scale restarts at 2^16 after a resume
     history, samples, start = [], [], 0
     if (cp := last_ppo_checkpoint(out)) is not None:
         ts = load_checkpoint(cp, layout, opt, sched, kl_ctl)
@@ -828,7 +838,8 @@ def _train_ppo(out, run, reward_fn, callbacks) -> dict:
         idx, epoch = batch_indices(len(train), step, shape.batch_size, cfg.seed)
         recs = [train[i] for i in idx]
         try:
-            metrics, ro = ppo_step(layout, tok, encode_queries(tok, recs, run), run, kl_ctl, opt, sched, norm, reward_fn)
+            batch = encode_queries(tok, recs, run)
+            metrics, ro = ppo_step(layout, tok, batch, run, kl_ctl, opt, sched, norm, reward_fn, scaler)
         except NonFiniteError as e:
             where = save_checkpoint(out, step - 1, layout, opt, sched, kl_ctl, history, samples, name='nonfinite-checkpoint')
             raise FloatingPointError(f"PPO step {step}: {e}. State saved in {where}; lower lr or check the reward.") from e
