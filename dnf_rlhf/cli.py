@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from tqdm.auto import tqdm
 from .core import *
-from . import lore, tinybase, sft, reward, ppo, rag, evaluate, serve
+from . import lore, tinybase, sft, reward, ppo, dpo, rag, evaluate, serve
 
 # %% auto #0
 __all__ = ['PIPELINE', 'PASSTHROUGH', 'run_pipeline', 'report_markdown', 'dispatch', 'main']
@@ -23,6 +23,7 @@ PIPELINE: list[Stage] = [  # the stages of `dnf-rlhf run`, in order
     sft.SFT,  # QLoRA supervised fine-tuning (03)
     reward.RM,  # reward model + diagnostics + normalisation (04)
     ppo.PPO,  # PPO on one shared base + before/after report (05)
+    dpo.DPO,  # opt-in (`--with dpo`): DPO on the preference pairs, the SFT adapter its reference (05b)
     rag.RAG,  # retrieval index + recall@k / MRR on the demo questions (06)
     evaluate.EVAL,  # base and every chat model, with and without retrieval: the closing report (08)
 ]
@@ -34,18 +35,20 @@ PASSTHROUGH = {  # commands with their own arguments: name -> main(argv)
 }
 
 # %% ../nbs/97_cli.ipynb #97b9b9c5
-def run_pipeline(run:Run, stages:list[str]|None=None, pipeline:list[Stage]|None=None, rebuild:bool=False) -> dict:
+def run_pipeline(run:Run, stages:list[str]|None=None, pipeline:list[Stage]|None=None, rebuild:bool=False,
+                 extra:tuple=()) -> dict:  # opt-in stages to run as well (`--with`)
     "Run the pipeline (or `stages`) into `run.dir`; write `report.json`, `report.md`; stale stages stop it (`rebuild`)."
     out, pipeline = run.dir, PIPELINE if pipeline is None else pipeline
     names = [s.name for s in pipeline]
-    if stages is not None and (bad := [s for s in stages if s not in names]):
+    if bad := [s for s in [*(stages or []), *extra] if s not in names]:
         raise UserError(f"unknown stage(s) {bad}; choose from {names}")
     stale = stale_stages(run, names) if out.is_dir() else {}
     if stale and not rebuild:
         which = '; '.join(f"{n} ({w})" for n, w in stale.items())
         raise UserError(f"{out}: finished stage(s) built from other inputs: {which}. "
                         "Rebuild them with --rebuild, or use a new --out")
-    todo = [s for s in pipeline if stages is None or s.name in stages or s.name in stale]
+    wanted = lambda s: (s.name in stages if stages is not None else not s.optional) or s.name in extra
+    todo = [s for s in pipeline if wanted(s) or s.name in stale]
     out.mkdir(parents=True, exist_ok=True)
     try: prev = {s['stage']: s for s in load_json(out/'report.json')['stages']}  # what earlier runs measured
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError): prev = {}
@@ -115,6 +118,8 @@ def dispatch(argv:list[str]) -> int:
     r = sub.add_parser('run', help='run every stage end to end and write DIR/report.md and DIR/report.json')
     add_run_args(r).add_argument('--out', required=True, help='run folder')
     r.add_argument('--stages', nargs='*', default=None, choices=[s.name for s in PIPELINE], help='only these stages')
+    r.add_argument('--with', dest='extra', nargs='+', default=[], choices=[s.name for s in PIPELINE if s.optional],
+                   help='also these opt-in stages (e.g. dpo)')
     r.add_argument('--rebuild', action='store_true',
                    help='rebuild finished stages whose inputs changed (default: stop and name them)')
     for st in PIPELINE:  # one command per stage: `dnf-rlhf sft --preset colab-t4 --out runs/t4`
@@ -135,7 +140,7 @@ def dispatch(argv:list[str]) -> int:
                                   + ". Rebuild them with `dnf-rlhf run --rebuild`, or use a new --out")
         m = run_stage(run, a.cmd)
         print(json.dumps(m, ensure_ascii=False, indent=1, default=str)); return 0
-    rep = run_pipeline(run, a.stages, rebuild=a.rebuild)
+    rep = run_pipeline(run, a.stages, rebuild=a.rebuild, extra=tuple(a.extra))
     print(f"wrote {run.dir/'report.md'} ({len(rep['stages'])} stages, {rep['total_seconds']:.0f} s of stages, "
           f"{rep['run_seconds']:.0f} s now)")
     return 0

@@ -22,7 +22,7 @@ from .demo_data import GROUP_TAGS, REJECTION_TYPES, load_splits, record_group
 
 # %% auto #0
 __all__ = ['RM', 'RMStageConfig', 'rm_messages', 'rm_input_ids', 'load_pairs', 'tokenize_pairs', 'score_ids', 'train_rm',
-           'pair_accuracies', 'rm_diagnostics', 'reward_normalisation', 'load_rm']
+           'pair_accuracies', 'group_accuracies', 'rm_diagnostics', 'reward_normalisation', 'load_rm']
 
 # %% ../nbs/04_reward_model.ipynb #4667e44b
 @dataclass(frozen=True)
@@ -135,6 +135,14 @@ def pair_accuracies(pairs:list[PairRecord], wins:list[float], prefix:str='rm/') 
             f'{prefix}kind_mean': mean_se([v for k, v in kinds.items() if k in REJECTION_TYPES] or [float('nan')])[0],
             f'{prefix}length_baseline': length_baseline(pairs)}
 
+def group_accuracies(pairs:list[PairRecord], wins:list[float], groups:list, prefix:str='rm/') -> dict:
+    "`pair_accuracies` within each of 02's groups — (a) asked facts reworded, (b) unasked facts, new documents — as `prefix`a/, b/, new/."
+    m = {}
+    for g, tag in GROUP_TAGS.items():
+        pg = [(p, w) for p, w, h in zip(pairs, wins, groups) if h == g]
+        if pg: m.update(pair_accuracies(*map(list, zip(*pg)), prefix=f'{prefix}{tag}/'))
+    return m
+
 def rm_diagnostics(model, tok, train_pairs, test_pairs, run:Run, out) -> dict:
     "Held-out accuracy (overall and per kind), baselines, reward-length correlation, histograms, collapse check."
     cfg, msgs = run.cfg('rm'), [rm_messages(p.prompt, run) for p in test_pairs]
@@ -149,9 +157,7 @@ def rm_diagnostics(model, tok, train_pairs, test_pairs, run:Run, out) -> dict:
     m = {**pair_accuracies(test_pairs, win.tolist()), 'rm/bow_baseline': bow_baseline(train_pairs, test_pairs),
          'rm/reward_length_corr': corr, 'rm/margin_mean': float((rc - rr).mean()),
          'rm/score_std_unrelated': float(scores.std())}
-    for g, tag in GROUP_TAGS.items():  # 02's groups: (a) asked facts reworded, (b) unasked facts, new documents
-        pg = [(p, w) for p, w, h in zip(test_pairs, win.tolist(), groups) if h == g]
-        if pg: m.update(pair_accuracies(*map(list, zip(*pg)), prefix=f'rm/{tag}/'))
+    m.update(group_accuracies(test_pairs, win.tolist(), groups))
     _plot_hist(rc, rr, out/'scores.png')
     save_json(out/'test_scores.json', {'chosen': rc.tolist(), 'rejected': rr.tolist(), 'kind': [p.kind for p in test_pairs]})
     if m['rm/score_std_unrelated'] < cfg.collapse_std:

@@ -23,7 +23,7 @@ def test_run_writes_report(tmp_path, test_env):
         rep = json.loads((out/'report.json').read_text())
         assert rep['preset'] == 'test'  # DNF_RLHF_TEST shrinks tiny
         from dnf_rlhf.cli import PIPELINE
-        assert [s['stage'] for s in rep['stages']] == [s.name for s in PIPELINE]
+        assert [s['stage'] for s in rep['stages']] == [s.name for s in PIPELINE if not s.optional]  # opt-in ones aside
         metrics = {k: v for s in rep['stages'] for k, v in s['metrics'].items()}
         assert missing_or_nonfinite(metrics) == []  # every model x metric present and finite
         assert all(metrics[f'eval/{s}/judge_n'] > 0 for s in SYSTEMS)  # the judge ran through the real client
