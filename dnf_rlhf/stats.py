@@ -12,8 +12,8 @@ from typing import Iterable
 import numpy as np
 
 # %% auto #0
-__all__ = ['MAX_ANSWER_TOKENS', 'mean_se', 'win_rate', 'length_baseline', 'bow_baseline', 'normalise', 'states_fact',
-           'rival_values', 'fact_accuracy', 'top_answer_share']
+__all__ = ['MAX_ANSWER_TOKENS', 'mean_se', 'win_rate', 'length_baseline', 'bow_baseline', 'normalise', 'says', 'states_fact',
+           'rival_values', 'fact_accuracy', 'fact_reward', 'top_answer_share']
 
 # %% ../nbs/92_stats.ipynb #6b0b8cbc
 def mean_se(xs) -> tuple[float, float]:
@@ -62,14 +62,18 @@ def normalise(text:str) -> str:
     "NFC `text` without whitespace and punctuation, each particle pair in one form (는→은, 가→이, 를→을, 와→과, 으로→로)."
     return re.sub(r'[\W_]+', '', unicodedata.normalize('NFC', text)).replace('으로', '로').translate(_ALLOMORPHS)
 
-def states_fact(text:str, f, rivals:Iterable[str]=(), n_tokens:int=0) -> bool:
-    "True when `text` (at most MAX_ANSWER_TOKENS tokens) says `f.value` outside the entity's name and none of the `rivals`."
-    if n_tokens > MAX_ANSWER_TOKENS: return False
+def says(text:str, f, rivals:Iterable[str]=()) -> tuple[bool, bool]:
+    "(whether `text` says `f.value`, whether it says one of the `rivals`), both outside the entity's own name."
     t, e = normalise(text), normalise(f.entity)
     said = lambda v: t.count(v) > t.count(e) * e.count(v)  # occurrences inside the entity's own name do not count
     v = normalise(f.value)
     others = {r for r in map(normalise, rivals) if r and r not in v and v not in r and r not in e}  # not a part of the answer
-    return said(v) and not any(said(r) for r in others)
+    return said(v), any(said(r) for r in others)
+
+def states_fact(text:str, f, rivals:Iterable[str]=(), n_tokens:int=0) -> bool:
+    "True when `text` (at most MAX_ANSWER_TOKENS tokens) says `f.value` outside the entity's name and none of the `rivals`."
+    value, rival = says(text, f, rivals)
+    return n_tokens <= MAX_ANSWER_TOKENS and value and not rival
 
 def rival_values(f, facts:Iterable) -> list[str]:
     "Values of `f`'s attribute that the facts table gives other entities, less those within the entity's own facts."
@@ -82,6 +86,13 @@ def fact_accuracy(text:str, keys:list[str], facts_by_key:dict, n_tokens:int=0) -
     if not keys: return 1.0
     f = facts_by_key
     return sum(states_fact(text, f[k], rival_values(f[k], f.values()), n_tokens) for k in keys) / len(keys)
+
+# %% ../nbs/92_stats.ipynb #43cb3a43
+def fact_reward(text:str, f, rivals:Iterable[str]=(), n_tokens:int=0, penalty:float=1.0) -> float:
+    "+1 when `text` states fact `f` (`states_fact`), -`penalty` when it says a rival value (a contradiction), else 0."
+    if says(text, f, rivals)[1]: return -penalty
+    return 1.0 if states_fact(text, f, rivals, n_tokens) else 0.0
+
 
 # %% ../nbs/92_stats.ipynb #30456587
 def top_answer_share(texts:list[str]) -> float:
