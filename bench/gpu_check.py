@@ -8,6 +8,7 @@ What runs (no hub, no network; one run folder, stages in pipeline order, each re
 - sft: `train_sft` 10 optimizer steps (eval + checkpoint every 5), 8 held-out prompts answered.
 - rm: `train_rm` 10 steps, diagnostics, reward normalisation on 8 SFT samples.
 - ppo: `train_ppo` 3 steps (shared layout, the default PPO config otherwise), before/after on 8 prompts.
+- dpo: `train_dpo` 5 steps on the preference pairs (the SFT adapter its own reference), loss on 32 held-out pairs.
 - eval: the `eval` stage on 8 prompts (4 fact, 2 persona, 2 hostile), 64-token answers, judge off.
 - serve: 4 chat requests through the real server on 127.0.0.1 with the real `openai` client.
 
@@ -53,7 +54,7 @@ for k, v in dict(HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_OFFLI
     os.environ.setdefault(k, v)
 
 RETRIEVAL = ('kiwipiepy', 'bm25s', 'faiss')  # not installed on the GPU machine: the check must not need them
-STAGES = ('sft', 'rm', 'ppo', 'eval', 'serve')
+STAGES = ('sft', 'rm', 'ppo', 'dpo', 'eval', 'serve')
 GiB = 2**30
 CAPS_GB = {'colab-t4': 15.0, 'colab-l4': 22.0, 'colab-a100': 40.0}  # usable memory of each preset's GPU
 
@@ -65,6 +66,7 @@ class Sizes:
     sft_eval_steps: int
     rm_steps: int
     ppo_steps: int
+    dpo_steps: int
     prompts: int  # held-out prompts: SFT's check, RM normalisation samples, evaluation (4 fact + 2 persona + 2 hostile)
     ppo_eval_prompts: int  # PPO's before/after report (4 answer sets + one rollout each)
     eval_tokens: int|None  # answer length in the evaluation (None: EvalStageConfig's)
@@ -72,12 +74,12 @@ class Sizes:
     max_tokens: int  # per chat request
     keep: dict  # datasets file -> rows kept (None: all; 0: left out)
 
-GPU = Sizes('polyglot-ko-1.3b', sft_steps=10, sft_eval_steps=5, rm_steps=10, ppo_steps=3, prompts=8, ppo_eval_prompts=8,
-            eval_tokens=64, requests=4, max_tokens=32,
+GPU = Sizes('polyglot-ko-1.3b', sft_steps=10, sft_eval_steps=5, rm_steps=10, ppo_steps=3, dpo_steps=5, prompts=8,
+            ppo_eval_prompts=8, eval_tokens=64, requests=4, max_tokens=32,
             keep=dict(sft_train=None, sft_test=32, pairs_train=512, ranked_train=32, pairs_test=96, ranked_test=16, ppo_train=None,
                       ppo_test=None, retrieval_train=None, retrieval_test=None))
-SMOKE = Sizes('tiny', sft_steps=4, sft_eval_steps=2, rm_steps=4, ppo_steps=2, prompts=8, ppo_eval_prompts=4, eval_tokens=None,
-              requests=4, max_tokens=8,
+SMOKE = Sizes('tiny', sft_steps=4, sft_eval_steps=2, rm_steps=4, ppo_steps=2, dpo_steps=2, prompts=8, ppo_eval_prompts=4,
+              eval_tokens=None, requests=4, max_tokens=8,
               keep=dict(sft_train=160, sft_test=8, pairs_train=64, ranked_train=0, pairs_test=32, ranked_test=0, ppo_train=32,
                         ppo_test=None, retrieval_train=None, retrieval_test=None))
 
@@ -246,11 +248,13 @@ def run_check(a, rep:dict, work:Path):
         'sft': dict(max_steps=S.sft_steps, eval_steps=S.sft_eval_steps, heldout_prompts=n),
         'rm': dict(max_steps=S.rm_steps, norm_samples=n),
         'ppo': dict(steps=S.ppo_steps, eval_prompts=S.ppo_eval_prompts, checkpoint_every=S.ppo_steps, sample_every=1),
+        'dpo': dict(max_steps=S.dpo_steps, heldout_pairs=4 * n),
         'eval': ev})
-    stages = {**{k: (lambda k=k: run_stage(run, k)) for k in ('sft', 'rm', 'ppo', 'eval')}, 'serve': lambda: served_answers(run, S)}
+    stages = {**{k: (lambda k=k: run_stage(run, k)) for k in ('sft', 'rm', 'ppo', 'dpo', 'eval')}, 'serve': lambda: served_answers(run, S)}
     picked = {'sft': lambda m: {'steps': m.get('sft/steps'), 'eval_loss_start': m.get('sft/eval_loss_start')},
               'rm': lambda m: {'accuracy': m.get('rm/accuracy')},
               'ppo': lambda m: {'steps': m.get('ppo/steps'), 'nf4_layers': m.get('ppo/nf4_layers'), 'kl_final': m.get('ppo/kl_final')},
+              'dpo': lambda m: {'step0_loss': m.get('dpo/step0_loss'), 'heldout_loss': m.get('dpo/heldout_loss')},
               'eval': lambda m: {'reward_ppo': m.get('eval/ppo/reward')},
               'serve': lambda m: m}
     rep['stages'] = {}
