@@ -17,7 +17,7 @@ from .chat import completion_ids, encode_example, render_prompt
 from .models import load_pretrained
 from .sft import sft_messages, trainer_precision, fp32_trainable, keep_4bit_trainable_on_cpu, last_checkpoint
 from .reward import load_pairs, pair_accuracies, group_accuracies
-from .demo_data import load_splits, record_group
+from .ppo import logprobs_from_logits
 
 
 # %% auto #0
@@ -67,12 +67,12 @@ def completion_logps(model, tokenizer, examples:list[dict], batch_size:int=16) -
         ids = pad([e['input_ids'] for e in b], tokenizer.pad_token_id)
         mask = pad([[1] * len(e['input_ids']) for e in b], 0)
         answer = pad([e['completion_mask'] for e in b], 0)[:, 1:]  # (B, L-1): position t predicts token t + 1
-        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float().log_softmax(-1)
-        out.append((logp.gather(-1, ids[:, 1:, None])[..., 0] * answer).sum(-1).cpu())
+        logp = logprobs_from_logits(model(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:])  # (B, L-1)
+        out.append((logp * answer).sum(-1).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 def implicit_rewards(model, tokenizer, pairs:list[PairRecord], run:Run, policy:str='default', ref:str='ref') -> tuple:
-    "(pairs that fit the preset's length, implicit rewards of their chosen, their rejected answers): `policy` vs `ref`."
+    "(pairs within the preset's length, their DPO losses, chosen and rejected implicit rewards): `policy` vs `ref`."
     L, beta = run.preset.rm.max_len, run.cfg('dpo').beta
     enc = [(p, *(encode_example(tokenizer, sft_messages(p, run), a, L) for a in (p.chosen, p.rejected))) for p in pairs]
     enc = [e for e in enc if e[1] and e[2]]
@@ -81,8 +81,7 @@ def implicit_rewards(model, tokenizer, pairs:list[PairRecord], run:Run, policy:s
         model.set_adapter(name)
         logps[name] = [completion_logps(model, tokenizer, [e[k] for e in enc]) for k in (1, 2)]
     model.set_adapter(policy)
-    _, r_chosen, r_rejected = dpo_loss(*logps[policy], *logps[ref], beta)
-    return [e[0] for e in enc], r_chosen, r_rejected
+    return [e[0] for e in enc], *dpo_loss(*logps[policy], *logps[ref], beta)
 
 
 # %% ../nbs/05b_dpo.ipynb #f2a89196
@@ -115,14 +114,12 @@ def train_dpo(out, run:Run, callbacks=()) -> dict:
     model = trainer.model
     model.save_pretrained(out/'adapter', selected_adapters=['default']); tok.save_pretrained(out/'adapter')
     save_json(out/'log_history.json', trainer.state.log_history)
-    kept, r_chosen, r_rejected = implicit_rewards(model, tok, test, run)
+    kept, loss, r_chosen, r_rejected = implicit_rewards(model, tok, test, run)
     wins = (r_chosen > r_rejected).float().tolist()
-    splits = load_splits(run.project.datasets_path())
-    groups = [record_group(p, splits) if splits else None for p in kept]
     metrics = {'dpo/train_pairs': len(train), 'dpo/test_pairs': len(kept), 'dpo/step0_loss': step0,
-               'dpo/heldout_loss': float(-torch.nn.functional.logsigmoid(r_chosen - r_rejected).mean()),
+               'dpo/heldout_loss': float(loss.mean()),
                'dpo/train_seconds': time.time() - t0, 'dpo/margin_mean': float((r_chosen - r_rejected).mean()),
-               **pair_accuracies(kept, wins, prefix='dpo/'), **group_accuracies(kept, wins, groups, prefix='dpo/')}
+               **pair_accuracies(kept, wins, prefix='dpo/'), **group_accuracies(kept, wins, run.project, prefix='dpo/')}
     shutil.rmtree(out/'checkpoints', ignore_errors=True)
     write_metrics(out, metrics)
     run.manifest(out, 'dpo', base=base_info)

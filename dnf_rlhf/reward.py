@@ -135,9 +135,10 @@ def pair_accuracies(pairs:list[PairRecord], wins:list[float], prefix:str='rm/') 
             f'{prefix}kind_mean': mean_se([v for k, v in kinds.items() if k in REJECTION_TYPES] or [float('nan')])[0],
             f'{prefix}length_baseline': length_baseline(pairs)}
 
-def group_accuracies(pairs:list[PairRecord], wins:list[float], groups:list, prefix:str='rm/') -> dict:
+def group_accuracies(pairs:list[PairRecord], wins:list[float], project:ProjectConfig, prefix:str='rm/') -> dict:
     "`pair_accuracies` within each of 02's groups — (a) asked facts reworded, (b) unasked facts, new documents — as `prefix`a/, b/, new/."
-    m = {}
+    splits, m = load_splits(project.datasets_path()), {}
+    groups = [record_group(p, splits) if splits else None for p in pairs]
     for g, tag in GROUP_TAGS.items():
         pg = [(p, w) for p, w, h in zip(pairs, wins, groups) if h == g]
         if pg: m.update(pair_accuracies(*map(list, zip(*pg)), prefix=f'{prefix}{tag}/'))
@@ -149,15 +150,13 @@ def rm_diagnostics(model, tok, train_pairs, test_pairs, run:Run, out) -> dict:
     rc = score_ids(model, tok, [rm_input_ids(tok, m, p.chosen) for m, p in zip(msgs, test_pairs)])
     rr = score_ids(model, tok, [rm_input_ids(tok, m, p.rejected) for m, p in zip(msgs, test_pairs)])
     win = (rc > rr).float()
-    splits = load_splits(run.project.datasets_path())
-    groups = [record_group(p, splits) if splits else None for p in test_pairs]
     scores = torch.cat([rc, rr])
     lens = torch.tensor([float(len(p.chosen)) for p in test_pairs] + [float(len(p.rejected)) for p in test_pairs])
     corr = float(torch.corrcoef(torch.stack([scores, lens]))[0, 1])
     m = {**pair_accuracies(test_pairs, win.tolist()), 'rm/bow_baseline': bow_baseline(train_pairs, test_pairs),
          'rm/reward_length_corr': corr, 'rm/margin_mean': float((rc - rr).mean()),
          'rm/score_std_unrelated': float(scores.std())}
-    m.update(group_accuracies(test_pairs, win.tolist(), groups))
+    m.update(group_accuracies(test_pairs, win.tolist(), run.project))
     _plot_hist(rc, rr, out/'scores.png')
     save_json(out/'test_scores.json', {'chosen': rc.tolist(), 'rejected': rr.tolist(), 'kind': [p.kind for p in test_pairs]})
     if m['rm/score_std_unrelated'] < cfg.collapse_std:
