@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from tqdm.auto import tqdm
 from .core import *
-from . import lore, tinybase, sft, reward, ppo, dpo, rag, evaluate, serve
+from . import lore, tinybase, sft, reward, ppo, dpo, grpo, rloo, rag, evaluate, serve
 
 # %% auto #0
 __all__ = ['PIPELINE', 'PASSTHROUGH', 'run_pipeline', 'report_markdown', 'dispatch', 'main']
@@ -24,6 +24,8 @@ PIPELINE: list[Stage] = [  # the stages of `dnf-rlhf run`, in order
     reward.RM,  # reward model + diagnostics + normalisation (04)
     ppo.PPO,  # PPO on one shared base + before/after report (05)
     dpo.DPO,  # opt-in (`--with dpo`): DPO on the preference pairs, the SFT adapter its reference (05b)
+    grpo.GRPO,  # opt-in (`--with grpo`): group baselines, RM + verifiable fact reward (05c)
+    rloo.RLOO,  # opt-in (`--with rloo`): leave-one-out baselines, the same rewards (05d)
     rag.RAG,  # retrieval index + recall@k / MRR on the demo questions (06)
     evaluate.EVAL,  # base and every chat model, with and without retrieval: the closing report (08)
 ]
@@ -119,7 +121,7 @@ def dispatch(argv:list[str]) -> int:
     add_run_args(r).add_argument('--out', required=True, help='run folder')
     r.add_argument('--stages', nargs='*', default=None, choices=[s.name for s in PIPELINE], help='only these stages')
     r.add_argument('--with', dest='extra', nargs='+', default=[], choices=[s.name for s in PIPELINE if s.optional],
-                   help='also these opt-in stages (e.g. dpo)')
+                   help='also these opt-in stages (e.g. dpo grpo rloo)')
     r.add_argument('--rebuild', action='store_true',
                    help='rebuild finished stages whose inputs changed (default: stop and name them)')
     for st in PIPELINE:  # one command per stage: `dnf-rlhf sft --preset colab-t4 --out runs/t4`

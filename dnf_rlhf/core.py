@@ -176,6 +176,8 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
         'ppo': dict(lr=5e-5, steps=100, ppo_epochs=4, micro_batch_size=8, init_kl_coef=0.2, kl_target=4.0,
                     kl_horizon=1000, checkpoint_every=20, sample_every=20),
         'dpo': dict(lr=1e-3, max_steps=56, heldout_pairs=256),  # opt-in (05b); 2.7 s a step on 2 cores
+        'grpo': dict(lr=2e-4, max_steps=40, prompts=64, eval_prompts=64),  # opt-in (05c)
+        'rloo': dict(lr=2e-4, max_steps=40, prompts=64, eval_prompts=64),  # opt-in (05d)
         'rag': dict(embedder='tiny'),  # trained here on the chunks: no hub download
     },
     'test': {  # what `tiny` becomes under nbdev-test and in CI
@@ -187,6 +189,8 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
         'ppo': dict(lr=3e-4, steps=48, ppo_epochs=2, micro_batch_size=4, init_kl_coef=0.1, kl_target=4.0,
                     kl_horizon=1000, checkpoint_every=8, sample_every=8, eval_prompts=64, cpu_threads=1),
         'dpo': dict(lr=1e-3, max_steps=24, heldout_pairs=96),
+        'grpo': dict(lr=2e-4, max_steps=4, prompts_per_step=2, num_generations=4, prompts=32, eval_prompts=16),
+        'rloo': dict(lr=2e-4, max_steps=4, prompts_per_step=2, num_generations=4, prompts=32, eval_prompts=16),
         'rag': dict(embedder='tiny'),
         'eval': dict(fact_prompts=3, persona_prompts=3, hostile_prompts=6, max_new_tokens=48, judge_prompts=3,
                      table_rows=4),
@@ -197,6 +201,8 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
         'ppo': dict(steps=2, ppo_epochs=1, micro_batch_size=1, checkpoint_every=1, sample_every=1,
                     eval_prompts=4),  # micro-batches below the minibatch of 2
         'dpo': dict(max_steps=2, heldout_pairs=8),
+        'grpo': dict(max_steps=2, prompts_per_step=1, num_generations=2, eval_prompts=4),
+        'rloo': dict(max_steps=2, prompts_per_step=1, num_generations=2, eval_prompts=4),
         'rag': dict(embedder='tiny'),
         'eval': dict(fact_prompts=2, persona_prompts=2, hostile_prompts=2, max_new_tokens=16, judge='off',
                      table_rows=2),
