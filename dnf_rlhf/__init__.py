@@ -5,7 +5,7 @@ Modules:
 - `dnf_rlhf.datagen`: 세계관 청크를 RLHF에 필요한 세 데이터셋(SFT, 보상 모델, PPO)으로 바꿉니다. ChatGPT든 vLLM, Ollama, llama.cpp든 OpenAI 호환 서버면 되고, 밤새 돌려도 돈 낸 결과를 잃지 않습니다.
 - `dnf_rlhf.demo_data`: API 키 없이도 `tiny` 프리셋과 테스트가 돌 수 있도록, 세계관 문서와 사실 표에서 규칙과 손으로 쓴 문장으로 결정적으로 만든 데이터셋: 작은 모델이 배울 수 있고, 모든 정답이 사실 표의 행으로 거슬러 올라갑니다.
 - `dnf_rlhf.dpo`: 04의 선호 쌍으로 SFT 모델을 곧바로 고칩니다: 보상 모델도, 샘플링도, 가치 머리도 없이 TRL `DPOTrainer` + QLoRA. 기준 모델은 같은 기반 모델 위에 얹은 SFT 어댑터의 얼린 사본이라, 모델을 두 벌 올리지 않습니다.
-- `dnf_rlhf.evaluate`: 같은 held-out 질문과 같은 디코딩으로 base, SFT, PPO를 (검색 없이 / 검색과 함께) 비교합니다: 보상 모델 점수와 승률, 사실표로 채점하는 정확도, 해요체, EOS와 길이, 반복(distinct-n), 적대적 질문에 대한 무해함, 그리고 G-Eval 심판 표.
+- `dnf_rlhf.evaluate`: 같은 held-out 질문과 같은 디코딩으로 base, SFT, PPO를 (검색 없이 / 검색과 함께) 비교합니다: 보상 모델 점수와 승률, 사실표로 채점하는 정확도, 해요체, EOS와 길이, 반복(distinct-n), 적대적 질문에 대한 무해함, 그리고 G-Eval 심판 표. 선택 단계(DPO, GRPO, RLOO)를 학습했다면 SFT·PPO와 한 표에서: SFT와의 KL, 걸린 시간과 메모리까지.
 - `dnf_rlhf.grpo`: PPO(05)의 프롬프트에 답을 여러 개 뽑고, 그 무리의 평균을 기준선 삼아 SFT 어댑터를 고칩니다: TRL `GRPOTrainer` + QLoRA. 보상은 보상 모델(04)과 사실표로 검증하는 사실 보상의 가중합이고, 기준 모델은 SFT 어댑터의 얼린 사본입니다.
 - `dnf_rlhf.judge`: 두 답을 여섯 기준(친근함, 무해함, 이해 가능성, 자연스러움, 맥락 유지, 전반적인 품질)으로 1–5점 채점하고, 합이 높은 쪽을 chosen으로 삼는 규칙으로 보상 모델 쌍을 만듭니다.
 - `dnf_rlhf.models`: 기반 모델을 불러오는 곳은 이 모듈 하나입니다: 허브 id나 폴더, 고정된 리비전, 4비트 NF4, 장치, 채팅 템플릿과 턴 끝 토큰, pad ≠ EOS, 그리고 LoRA 대상 모듈. GPU 프리셋을 CPU에서 예행연습할 대역 모델(stand-in)도 여기서 만듭니다.

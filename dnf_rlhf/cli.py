@@ -66,7 +66,8 @@ def run_pipeline(run:Run, stages:list[str]|None=None, pipeline:list[Stage]|None=
     try:
         for st in todo:
             s0 = time.time()
-            if stage_done(out/st.name) and st.name not in stale:  # reused: keep the time it took when it was built
+            if stage_done(out/st.name) and st.name not in stale and not stale_reasons(run, st.name):  # reused
+                # (checked again here: an opt-in stage built earlier in this run changes what evaluation compares)
                 m = out/st.name/METRICS
                 now[st.name] = dict(stage=st.name, seconds=prev.get(st.name, {}).get('seconds'), reused=True,
                                     metrics=load_json(m) if m.exists() else {})

@@ -15,15 +15,16 @@ from typing import Any, Callable
 
 # %% auto #0
 __all__ = ['BASE_MODELS', 'PRESETS', 'SIZES', 'EXPECTED', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'PROJECT_PATHS',
-           'PROJECT_TEXT', 'MANIFEST', 'METRICS', 'BASE_ONLY', 'STAGES', 'in_test', 'UserError', 'ArgParser',
-           'user_errors', 'cli_main', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel', 'TrainShape',
-           'RolloutShape', 'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware', 'Policy',
-           'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware',
+           'PROJECT_TEXT', 'MANIFEST', 'METRICS', 'RESOURCES', 'BASE_ONLY', 'STAGES', 'in_test', 'UserError',
+           'ArgParser', 'user_errors', 'cli_main', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel',
+           'TrainShape', 'RolloutShape', 'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware',
+           'Policy', 'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware',
            'package_versions', 'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path', 'save_json', 'load_json',
            'file_hash', 'code_hash', 'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done',
-           'stage_output', 'Stage', 'register', 'get_stage', 'chat_stages', 'MissingArtifactError', 'cached_build',
-           'parse_overrides', 'Run', 'run_stage', 'stage_table', 'stale_reasons', 'built_on', 'stale_stages',
-           'add_run_args', 'folder_path', 'run_from_args', 'notebook_run', 'quality_check', 'set_seed']
+           'measure_stage', 'stage_output', 'Stage', 'register', 'get_stage', 'chat_stages', 'compared_models',
+           'MissingArtifactError', 'cached_build', 'parse_overrides', 'Run', 'run_stage', 'stage_table',
+           'stale_reasons', 'built_on', 'stale_stages', 'add_run_args', 'folder_path', 'run_from_args', 'notebook_run',
+           'quality_check', 'set_seed']
 
 # %% ../nbs/91_core.ipynb #ed0ff524
 def in_test() -> bool:
@@ -503,6 +504,27 @@ def stage_done(d) -> bool:
     "A stage folder is complete when its manifest exists."
     return (Path(d)/MANIFEST).is_file()
 
+RESOURCES = 'resources.json'  # a stage folder's wall seconds and peak memory, written when it is built
+
+@contextmanager
+def measure_stage(out):
+    "Write `out/resources.json` after the block: wall seconds, and peak memory — on CUDA the peak allocated, else peak RSS."
+    import torch
+    cuda, proc = torch.cuda.is_available(), Path('/proc/self/clear_refs')
+    if cuda: torch.cuda.reset_peak_memory_stats()
+    try: proc.write_text('5'); since = 'stage'  # Linux: restart the peak RSS (VmHWM) from the current RSS
+    except OSError: since = 'process'  # elsewhere the peak RSS counts from the process's start
+    t0 = time.time()
+    yield
+    if cuda: peak, kind = torch.cuda.max_memory_allocated() / 2**20, 'cuda peak allocated'
+    else:
+        import re, resource
+        status = Path('/proc/self/status')
+        kb = int(re.search(r'VmHWM:\s+(\d+)', status.read_text()).group(1)) if status.exists() else \
+             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak, kind = kb / 1024, f'peak RSS of the process during the {since}'
+    save_json(Path(out)/RESOURCES, dict(seconds=round(time.time() - t0, 2), peak_memory_mb=round(peak, 1), memory=kind))
+
 @contextmanager
 def stage_output(run_dir, stage:str):
     "Yield `run_dir/<stage>.partial`; on success move it to `run_dir/<stage>` (replacing an older one)."
@@ -550,6 +572,10 @@ def chat_stages() -> list[str]:
     "Names of the registered stages whose artifact is a chat model (evaluated and servable), in pipeline order; opt-in ones aside."
     return [s.name for s in STAGES.values() if s.chat_model and not s.optional]
 
+def compared_models(run) -> list[str]:
+    "The chat models evaluation compares: the pipeline's (`chat_stages`) and each opt-in one the run has (`Run.has`)."
+    return [s.name for s in STAGES.values() if s.chat_model and (not s.optional or run.has(s.name))]
+
 class MissingArtifactError(FileNotFoundError):
     "An upstream stage's artifact is missing on a preset that must not rebuild it silently."
 
@@ -563,7 +589,7 @@ def cached_build(stage:str, key:str, build:Callable[[Path], Any], root=None) -> 
         if (final/'.complete').exists(): return final
         with atomic_path(final, folder=True) as tmp:
             import torch  # asked for from inside another stage's no-grad code (e.g. the RM's normalisation), it still trains
-            with torch.enable_grad(): build(tmp)
+            with torch.enable_grad(), measure_stage(tmp): build(tmp)
             (tmp/'.complete').write_text(time.strftime('%Y-%m-%dT%H:%M:%S'))
     return final
 
@@ -643,6 +669,12 @@ class Run:
             f"(No '{name}' artifact in {d}: run nbs/{st.notebook} first; "
             f"preset {self.preset.name} never falls back to a tiny artifact.)")
 
+    def has(self, name:str) -> bool:
+        "Whether stage `name`'s artifact exists, never building it: in the run folder, or (no folder, tiny) in the cache."
+        if self.dir is not None: return stage_done(self.dir/name)
+        st = get_stage(name)
+        return self.preset.is_tiny and st.cached and (cache_root()/f'{name}-{self.key(name)}'/'.complete').exists()
+
     def announce(self, name:str):
         "Say that stage `name` is being built now, and how long that takes on this preset (`EXPECTED`)."
         t = EXPECTED.get(self.preset.size or 'full', {}).get(name, '?')
@@ -665,7 +697,7 @@ def run_stage(run:Run, name:str) -> dict:
         with stage_output(run.dir, name) as out:
             shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.complete'))
         return load_json(run.dir/name/METRICS)
-    with stage_output(run.dir, name) as out: return st.train(out, run)
+    with stage_output(run.dir, name) as out, measure_stage(out): return st.train(out, run)
 
 def stage_table(stages:list[dict], total:float|None=None) -> list[str]:
     "Markdown lines of the stage-time table (`stage`, `seconds`, `reused` of each stage; a total row when given)."
@@ -695,6 +727,8 @@ def stale_reasons(run:Run, name:str) -> list[str]:
             why.append(f"preset changed ({', '.join(diff)}: {(m['preset'] or {}).get('name')} -> {run.preset.name})")
     if 'config' in m and (diff := _changed(m['config'] or {}, _plain(run.cfg(name)) or {})):
         why.append(f"settings changed ({', '.join(diff)})")
+    if 'compared' in m and (was := sorted(m['compared'])) != (now := sorted(compared_models(run))):  # after `--with grpo`
+        why.append(f"compared models changed ({', '.join(was)} -> {', '.join(now)})")
     return why
 
 def built_on(run:Run, name:str) -> tuple:

@@ -1,5 +1,6 @@
 """같은 held-out 질문과 같은 디코딩으로 base, SFT, PPO를 (검색 없이 / 검색과 함께) 비교합니다: 보상 모델 점수와 승률,
 사실표로 채점하는 정확도, 해요체, EOS와 길이, 반복(distinct-n), 적대적 질문에 대한 무해함, 그리고 G-Eval 심판 표.
+선택 단계(DPO, GRPO, RLOO)를 학습했다면 SFT·PPO와 한 표에서: SFT와의 KL, 걸린 시간과 메모리까지.
 
 Docs: https://dnf-rlhf.github.io/dnf_rlhf/evaluation.html.md"""
 
@@ -18,14 +19,14 @@ from .demo_data import GROUP_TAGS
 from .chat import prepare_tokenizer, generate_answers, is_haeyo
 from .stats import mean_se, win_rate, fact_accuracy, top_answer_share, MAX_ANSWER_TOKENS
 from .models import load_chat
-from . import sft as _sft, ppo as _ppo  # register the chat-model stages compared here
+from . import sft as _sft, ppo as _ppo, dpo as _dpo, grpo as _grpo, rloo as _rloo  # register what is compared
 
 # %% auto #0
 __all__ = ['REDIRECT_MARKERS', 'AGREE_MARKERS', 'MODELS', 'SYSTEMS', 'REQUIRED_METRICS', 'JUDGE_PAIRS', 'EVAL', 'EvalStageConfig',
            'eval_prompts', 'distinct_n', 'harm_reasons', 'is_harmless', 'eval_retriever', 'model_answers', 'rm_scores',
            'system_metrics', 'missing_or_nonfinite', 'judge_items', 'judge_table', 'judge_config', 'run_judge',
-           'evaluate', 'answer_rows', 'stage_runtimes', 'eval_report_markdown', 'plot_eval_bars', 'write_eval_report',
-           'train_eval', 'metric_differences', 'eval_main']
+           'kl_to_sft', 'evaluate', 'answer_rows', 'stage_runtimes', 'methods_table', 'eval_report_markdown',
+           'plot_eval_bars', 'write_eval_report', 'train_eval', 'metric_differences', 'eval_main']
 
 # %% ../nbs/08_evaluation.ipynb #da591a57
 @dataclass(frozen=True)
@@ -94,18 +95,19 @@ def eval_retriever(run:Run):
     return project_index(run)[0]
 
 # %% ../nbs/08_evaluation.ipynb #b5f884bc
-def model_answers(model, tok, records:list[PPORecord], hits:list, run:Run) -> dict[str, list[dict]]:
-    "{'closed': answers, 'rag': answers} of one model to `records` (greedy); each {'text', 'ended', 'n_tokens'[, 'sources']}."
+def model_answers(model, tok, records:list[PPORecord], hits:list|None, run:Run) -> dict[str, list[dict]]:
+    "{'closed': answers, 'rag': answers (without `hits`: none)} of one model to `records` (greedy): {'text', 'ended', ...}."
     from dnf_rlhf.sft import sft_messages, sft_persona
     from dnf_rlhf.rag import rag_messages, context_budget
     cfg, persona, L = run.cfg('eval'), sft_persona(run), run.preset.sft.max_len
-    closed = [sft_messages(r, run) for r in records]  # exactly what SFT trained on
+    gen = lambda msgs: generate_answers(model, tok, msgs, cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
+    closed = gen([sft_messages(r, run) for r in records])  # exactly what SFT trained on
+    if hits is None: return {'closed': closed}
     rag = [rag_messages(r.prompt, h, tok, context_budget(tok, r.prompt, L, cfg.max_new_tokens, persona), persona)
            for r, h in zip(records, hits)]
-    gen = lambda msgs: generate_answers(model, tok, msgs, cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     opened = gen([m for m, _ in rag])
     for a, (_, ids) in zip(opened, rag): a['sources'] = ids
-    return {'closed': gen(closed), 'rag': opened}
+    return {'closed': closed, 'rag': opened}
 
 # %% ../nbs/08_evaluation.ipynb #344fe5b5
 def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], run:Run) -> list[float]:
@@ -199,6 +201,32 @@ def run_judge(records:list[PPORecord], texts:dict[str, list[str]], cfg:EvalStage
     gen = Generator(out, gen_cfg, progress=False)
     return judge_table(judge(gen, items), items)
 
+# %% ../nbs/08_evaluation.ipynb #5de266ea
+def kl_to_sft(run:Run, name:str, records:list[PPORecord], batch_size:int=16) -> list[float]:
+    "KL(`name` ‖ SFT) per prompt: k1 summed over one answer sampled from `name` at PPO's temperature (05's estimate)."
+    import torch
+    from dnf_rlhf.ppo import encode_queries, sample_responses, truncate_after_eos, _response_logprobs
+    model, tok = load_chat(run, name)
+    model.load_adapter(str(run.artifact('sft')/'adapter'), adapter_name='sft_ref')  # SFT beside it, on the same base
+    lm, T, R = model.get_base_model(), run.cfg('ppo').temperature, run.preset.ppo.max_new_tokens
+    eos, pad, kls = tok.eos_token_id, tok.pad_token_id, []
+    set_seed(run.cfg('eval').seed)
+    with torch.no_grad():
+        for i in range(0, len(records), batch_size):
+            b = encode_queries(tok, records[i:i + batch_size], run)
+            ids, mask = b['query_ids'].to(lm.device), b['query_mask'].to(lm.device)  # (B, P) left-padded
+            model.set_adapter('default')
+            resp, rmask, _ = truncate_after_eos(sample_responses(lm, ids, mask, R, eos, pad, T), eos, pad)  # (B, R')
+            full, fmask = torch.cat([ids, resp], 1), torch.cat([mask, rmask], 1)
+            logps = {}
+            for adapter in ('default', 'sft_ref'):
+                model.set_adapter(adapter)
+                logps[adapter] = _response_logprobs(lm, full, fmask, resp.shape[1], T)[1]['logprobs']  # (B, R')
+            kls += ((logps['default'] - logps['sft_ref']) * rmask).sum(1).tolist()
+    del model
+    return kls
+
+
 # %% ../nbs/08_evaluation.ipynb #2facbe7c
 def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
     "Prompts, answers, RM scores, metrics, win rates, retrieval recall and (when `judge_cfg`) the judge table of every system."
@@ -220,15 +248,20 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
         got = model_answers(model, tok, records, hits, run)
         answers[name], answers[f'{name}+rag'] = got['closed'], got['rag']
         del model
+    methods = compared_models(run)  # SFT, PPO and the opt-in stages this run has (DPO, GRPO, RLOO): closed book
+    for name in (m for m in methods if m not in MODELS):
+        model, tok = load_chat(run, name)
+        answers[name] = model_answers(model, tok, records, None, run)['closed']
+        del model
     # 3. RM scores, per-system metrics, win rates
     rm, rtok, norm = load_rm(run)
-    scores = {s: rm_scores(rm, rtok, norm, records, answers[s], run) for s in SYSTEMS}
+    scores = {s: rm_scores(rm, rtok, norm, records, answers[s], run) for s in answers}
     del rm
     facts = {fact_key(f): f for f in load_facts(project.facts_file())}
     splits = load_splits(project.datasets_path())
     groups = [record_group(r, splits) if splits and r.kind == 'fact' else None for r in records]
     metrics = {}
-    for s in SYSTEMS:
+    for s in answers:
         metrics.update({f'eval/{s}/{k}': v for k, v in system_metrics(records, answers[s], scores[s], scores['sft'], facts, groups).items()})
     wins = {a: {b: win_rate(scores[a], scores[b]) for b in SYSTEMS} for a in SYSTEMS}
     # 4. retrieval recall on the retrieval questions
@@ -236,14 +269,19 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
     except FileNotFoundError: retrieval = []
     for row in retrieval:
         for k in ('recall@1', 'recall@5', 'mrr'): metrics[f"eval/retrieval/{row['mode']}_{row['form']}_{k}"] = row[k]
-    # 5. the judge
+    # 5. every method's distance from SFT, one estimate for all; what building it cost
+    for name in tqdm(methods, desc='eval: KL to SFT', unit='model'):
+        metrics[f'eval/{name}/kl_sft'], metrics[f'eval/{name}/kl_sft_se'] = mean_se(kl_to_sft(run, name, records))
+    resources = {m: load_json(p) for m in methods if (p := run.artifact(m)/RESOURCES).exists()}
+    # 6. the judge
     judged = None
     if judge_cfg is not None:
         judged = run_judge(records, {s: [a['text'] for a in answers[s]] for s in SYSTEMS}, cfg, judge_cfg, judge_out or tempfile.mkdtemp())
         for s, row in judged.items():
             metrics.update({f'eval/{s}/judge_{k}': v for k, v in row.items() if v is not None})
     return dict(records=[dict(r.model_dump(), group=g) for r, g in zip(records, groups)], answers=answers, scores=scores, metrics=metrics, win_rates=wins,
-                retrieval=retrieval, judge=judged, judge_model=judge_cfg.model if judge_cfg else None)
+                retrieval=retrieval, judge=judged, judge_model=judge_cfg.model if judge_cfg else None, methods=methods,
+                resources=resources)
 
 # %% ../nbs/08_evaluation.ipynb #48ef441e
 def _pm(m:dict, s:str, k:str) -> str: return f"{m[f'eval/{s}/{k}']:.3f} ± {m[f'eval/{s}/{k}_se']:.3f}"
@@ -258,6 +296,26 @@ def stage_runtimes(run_dir) -> list[dict]:
     p = Path(run_dir)/'report.json' if run_dir is not None else None
     if p is None or not p.exists(): return []
     return [dict(stage=s['stage'], seconds=s['seconds'], reused=s['reused']) for s in load_json(p).get('stages', [])]
+
+def methods_table(rep:dict) -> list[str]:
+    "Markdown lines of the methods table: each compared chat model closed-book, its KL to SFT and what building it cost."
+    m, res = rep['metrics'], rep.get('resources') or {}
+    if not rep.get('methods'): return []
+    cell = lambda s, k: _pm(m, s, k) if f'eval/{s}/{k}' in m else '—'
+    num = lambda s, k, f='.3f': format(m[f'eval/{s}/{k}'], f)
+    mem = next((r['memory'] for r in res.values()), 'peak memory')
+    L = ['', '### 방법 비교 (methods compared: the same prompts, closed book)', '',
+         "KL to SFT: k1 summed over one answer sampled at PPO's temperature, mean ± SE (0 for SFT itself). "
+         f"seconds and memory: building the stage on this machine ({mem}; a stage copied from the tiny cache reports "
+         "the build that made it).", '',
+         '| method | reward | win vs SFT | factual acc. | (a) | harmless | EOS | distinct-1 | distinct-2 | top answer '
+         '| KL to SFT | seconds | memory (MB) |', '|---|' + '---:|' * 12]
+    for s in rep['methods']:
+        r = res.get(s, {})
+        L.append(f"| {s} | {cell(s, 'reward')} | {num(s, 'win_rate_vs_sft')} | {cell(s, 'fact_acc')} | {cell(s, 'fact_acc_a')} | "
+                 f"{cell(s, 'harmless_rate')} | {num(s, 'eos_rate')} | {num(s, 'distinct_1')} | {num(s, 'distinct_2')} | "
+                 f"{num(s, 'top_answer_share')} | {cell(s, 'kl_sft')} | {r.get('seconds', '—')} | {r.get('peak_memory_mb', '—')} |")
+    return L
 
 def eval_report_markdown(rep:dict, img_prefix:str='', runtimes:bool=True) -> str:
     "The evaluation report as Markdown (`img_prefix` points image links at this folder from elsewhere; `runtimes=False` when the host report has its own stage table)."
@@ -280,6 +338,7 @@ def eval_report_markdown(rep:dict, img_prefix:str='', runtimes:bool=True) -> str
               '(a) asked facts in new wordings, (b) facts only the base read, new = documents only the retrieval index holds.', '',
               '| system | ' + ' | '.join(gs) + ' |', '|---|' + '---:|' * len(gs)]
         L += [f"| {s} | " + ' | '.join(_pm(m, s, f'fact_acc_{g}') for g in gs) + ' |' for s in SYSTEMS]
+    L += methods_table(rep)
     L += ['', '### 승률 행렬 (win rate of row over column, under the RM)', '', '| | ' + ' | '.join(SYSTEMS) + ' |',
           '|---|' + '---:|' * len(SYSTEMS)]
     L += [f"| {a} | " + ' | '.join(f"{rep['win_rates'][a][b]:.2f}" for b in SYSTEMS) + ' |' for a in SYSTEMS]
@@ -325,14 +384,16 @@ def write_eval_report(res:dict, out, run:Run) -> dict:
     rep = dict(preset=run.preset.name, config=asdict(cfg), prompts={'total': len(res['records']), **kinds}, metrics=res['metrics'],
                win_rates=res['win_rates'], judge=res['judge'], judge_model=res['judge_model'], retrieval=res['retrieval'],
                rows=answer_rows(res, cfg.table_rows), runtimes=stage_runtimes(run.dir),
-               hardware=f"{hw.cpus} CPU cores" + (f", {hw.gpu_name}" if hw.gpu_name else ''), ppo_curves=False)
+               hardware=f"{hw.cpus} CPU cores" + (f", {hw.gpu_name}" if hw.gpu_name else ''), ppo_curves=False,
+               methods=res['methods'], resources=res['resources'])
     plot_eval_bars(res['metrics'], out/'eval_bars.png')
     try:  # the PPO stage's curves, re-drawn from its history
         from dnf_rlhf.ppo import plot_ppo_curves
         plot_ppo_curves(load_json(run.artifact('ppo')/'history.json'), run.cfg('ppo'), out/'ppo_curves.png')
         rep['ppo_curves'] = True
     except (FileNotFoundError, MissingArtifactError, KeyError): pass
-    write_jsonl(out/'answers.jsonl', [dict(r, **{s: res['answers'][s][i] for s in SYSTEMS}, scores={s: res['scores'][s][i] for s in SYSTEMS})
+    write_jsonl(out/'answers.jsonl', [dict(r, **{s: res['answers'][s][i] for s in res['answers']},
+                                           scores={s: res['scores'][s][i] for s in res['answers']})
                                      for i, r in enumerate(res['records'])])
     save_json(out/'report.json', rep)
     (out/'report.md').write_text(eval_report_markdown(rep), encoding='utf-8')
@@ -344,7 +405,7 @@ def train_eval(out, run:Run) -> dict:
     res = evaluate(run, judge_config(run.cfg('eval')), run.dir/'judge' if run.dir is not None else None)
     write_eval_report(res, out, run)
     write_metrics(out, res['metrics'])
-    run.manifest(out, 'eval')
+    run.manifest(out, 'eval', compared=res['methods'])  # another opt-in stage later makes it stale
     return res['metrics']
 
 EVAL = register(Stage('eval', '08_evaluation.ipynb', train_eval, EvalStageConfig, needs=(*MODELS[1:], 'rm'),

@@ -3,17 +3,28 @@ import json, math
 from dataclasses import replace
 from conftest import cli
 from test_sft_rm import TrainableDtypes
-from dnf_rlhf.core import Run, get_preset, load_json
+from dnf_rlhf.core import Run, get_preset, load_json, save_json, stale_reasons
 from dnf_rlhf.grpo import train_grpo
 
-def test_run_with_grpo_and_rloo(tmp_path, test_env):
-    "`--with grpo rloo` trains both after the asked stages; each saves its adapter (not TRL's 'ref') and its before/after."
+def test_run_with_grpo_and_rloo(tmp_path, test_env, monkeypatch):
+    "`--with grpo rloo` trains both before evaluation, which compares them with SFT and PPO; a new opt-in makes it stale."
     out = tmp_path/'run'
-    r = cli('run', '--preset', 'tiny', '--out', str(out), '--stages', 'lore', '--with', 'grpo', 'rloo', env=test_env,
-            timeout=1500)
+    r = cli('run', '--preset', 'tiny', '--out', str(out), '--stages', 'lore', 'eval', '--with', 'grpo', 'rloo',
+            env=test_env, timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out/'report.json').read_text())
-    assert [s['stage'] for s in rep['stages']] == ['lore', 'grpo', 'rloo']
+    assert [s['stage'] for s in rep['stages']] == ['lore', 'grpo', 'rloo', 'eval']
+    md, ev = (out/'report.md').read_text(), load_json(out/'eval'/'metrics.json')
+    assert '방법 비교' in md and all(f'| {m} |' in md for m in ('sft', 'ppo', 'grpo', 'rloo'))
+    assert ev['eval/sft/kl_sft'] == 0.0 and all(math.isfinite(ev[f'eval/{m}/kl_sft']) for m in ('ppo', 'grpo', 'rloo'))
+    assert load_json(out/'eval'/'resources.json')['peak_memory_mb'] > 0  # what building a stage cost, for the table
+    man = load_json(out/'eval'/'manifest.json')
+    assert man['compared'] == ['sft', 'ppo', 'grpo', 'rloo']
+    monkeypatch.setenv('DNF_RLHF_TEST', '1')
+    run = Run(get_preset('tiny'), dir=out)
+    assert stale_reasons(run, 'eval') == []
+    save_json(out/'eval'/'manifest.json', {**man, 'compared': ['sft', 'ppo', 'grpo']})  # as if rloo came later
+    assert stale_reasons(run, 'eval') == ['compared models changed (grpo, ppo, sft -> grpo, ppo, rloo, sft)']
     for name in ('grpo', 'rloo'):
         m = load_json(out/name/'metrics.json')
         assert m[f'{name}/steps'] == 4 and m[f'{name}/a/questions'] > 0 and m[f'{name}/train/questions'] > 0
