@@ -9,7 +9,9 @@ What runs (no hub, no network; one run folder, stages in pipeline order, each re
 - rm: `train_rm` 10 steps, diagnostics, reward normalisation on 8 SFT samples.
 - ppo: `train_ppo` 3 steps (shared layout, the default PPO config otherwise), before/after on 8 prompts.
 - dpo: `train_dpo` 5 steps on the preference pairs (the SFT adapter its own reference), loss on 32 held-out pairs.
-- eval: the `eval` stage on 8 prompts (4 fact, 2 persona, 2 hostile), 64-token answers, judge off.
+- grpo, rloo: `train_grpo` / `train_rloo` 3 steps of 2 prompts x 4 answers (RM + fact reward), 4 questions before/after.
+- eval: the `eval` stage on 8 prompts (4 fact, 2 persona, 2 hostile), 64-token answers, judge off; the methods table
+  (SFT, PPO, DPO, GRPO, RLOO with KL to SFT).
 - serve: 4 chat requests through the real server on 127.0.0.1 with the real `openai` client.
 
 Settings forced with the existing knobs: `get_preset('colab-t4').with_base(<stand-in>)` (fp16, NF4, gradient
@@ -54,7 +56,7 @@ for k, v in dict(HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_OFFLI
     os.environ.setdefault(k, v)
 
 RETRIEVAL = ('kiwipiepy', 'bm25s', 'faiss')  # not installed on the GPU machine: the check must not need them
-STAGES = ('sft', 'rm', 'ppo', 'dpo', 'eval', 'serve')
+STAGES = ('sft', 'rm', 'ppo', 'dpo', 'grpo', 'rloo', 'eval', 'serve')
 GiB = 2**30
 CAPS_GB = {'colab-t4': 15.0, 'colab-l4': 22.0, 'colab-a100': 40.0}  # usable memory of each preset's GPU
 
@@ -67,6 +69,7 @@ class Sizes:
     rm_steps: int
     ppo_steps: int
     dpo_steps: int
+    group_steps: int  # GRPO and RLOO steps, 2 prompts x 4 answers each
     prompts: int  # held-out prompts: SFT's check, RM normalisation samples, evaluation (4 fact + 2 persona + 2 hostile)
     ppo_eval_prompts: int  # PPO's before/after report (4 answer sets + one rollout each)
     eval_tokens: int|None  # answer length in the evaluation (None: EvalStageConfig's)
@@ -74,11 +77,11 @@ class Sizes:
     max_tokens: int  # per chat request
     keep: dict  # datasets file -> rows kept (None: all; 0: left out)
 
-GPU = Sizes('polyglot-ko-1.3b', sft_steps=10, sft_eval_steps=5, rm_steps=10, ppo_steps=3, dpo_steps=5, prompts=8,
+GPU = Sizes('polyglot-ko-1.3b', sft_steps=10, sft_eval_steps=5, rm_steps=10, ppo_steps=3, dpo_steps=5, group_steps=3, prompts=8,
             ppo_eval_prompts=8, eval_tokens=64, requests=4, max_tokens=32,
             keep=dict(sft_train=None, sft_test=32, pairs_train=512, ranked_train=32, pairs_test=96, ranked_test=16, ppo_train=None,
                       ppo_test=None, retrieval_train=None, retrieval_test=None))
-SMOKE = Sizes('tiny', sft_steps=4, sft_eval_steps=2, rm_steps=4, ppo_steps=2, dpo_steps=2, prompts=8, ppo_eval_prompts=4,
+SMOKE = Sizes('tiny', sft_steps=4, sft_eval_steps=2, rm_steps=4, ppo_steps=2, dpo_steps=2, group_steps=1, prompts=8, ppo_eval_prompts=4,
               eval_tokens=None, requests=4, max_tokens=8,
               keep=dict(sft_train=160, sft_test=8, pairs_train=64, ranked_train=0, pairs_test=32, ranked_test=0, ppo_train=32,
                         ppo_test=None, retrieval_train=None, retrieval_test=None))
@@ -249,13 +252,16 @@ def run_check(a, rep:dict, work:Path):
         'rm': dict(max_steps=S.rm_steps, norm_samples=n),
         'ppo': dict(steps=S.ppo_steps, eval_prompts=S.ppo_eval_prompts, checkpoint_every=S.ppo_steps, sample_every=1),
         'dpo': dict(max_steps=S.dpo_steps, heldout_pairs=4 * n),
+        **{g: dict(max_steps=S.group_steps, prompts_per_step=2, num_generations=4, eval_prompts=n // 2) for g in ('grpo', 'rloo')},
         'eval': ev})
-    stages = {**{k: (lambda k=k: run_stage(run, k)) for k in ('sft', 'rm', 'ppo', 'dpo', 'eval')}, 'serve': lambda: served_answers(run, S)}
+    stages = {**{k: (lambda k=k: run_stage(run, k)) for k in ('sft', 'rm', 'ppo', 'dpo', 'grpo', 'rloo', 'eval')}, 'serve': lambda: served_answers(run, S)}
     picked = {'sft': lambda m: {'steps': m.get('sft/steps'), 'eval_loss_start': m.get('sft/eval_loss_start')},
               'rm': lambda m: {'accuracy': m.get('rm/accuracy')},
               'ppo': lambda m: {'steps': m.get('ppo/steps'), 'nf4_layers': m.get('ppo/nf4_layers'), 'kl_final': m.get('ppo/kl_final')},
               'dpo': lambda m: {'step0_loss': m.get('dpo/step0_loss'), 'heldout_loss': m.get('dpo/heldout_loss')},
-              'eval': lambda m: {'reward_ppo': m.get('eval/ppo/reward')},
+              **{g: (lambda m, g=g: {'steps': m.get(f'{g}/steps'), 'reward_final': m.get(f'{g}/reward_final')})
+                 for g in ('grpo', 'rloo')},
+              'eval': lambda m: {'reward_ppo': m.get('eval/ppo/reward'), 'kl_grpo': m.get('eval/grpo/kl_sft')},
               'serve': lambda m: m}
     rep['stages'] = {}
     for name in STAGES:

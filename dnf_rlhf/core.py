@@ -177,8 +177,8 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
         'ppo': dict(lr=5e-5, steps=100, ppo_epochs=4, micro_batch_size=8, init_kl_coef=0.2, kl_target=4.0,
                     kl_horizon=1000, checkpoint_every=20, sample_every=20),
         'dpo': dict(lr=1e-3, max_steps=56, heldout_pairs=256),  # opt-in (05b); 2.7 s a step on 2 cores
-        'grpo': dict(lr=2e-4, max_steps=40, prompts=64, eval_prompts=64),  # opt-in (05c)
-        'rloo': dict(lr=2e-4, max_steps=40, prompts=64, eval_prompts=64),  # opt-in (05d)
+        'grpo': dict(lr=2e-4, max_steps=48, prompts=32, eval_prompts=64),  # opt-in (05c); 3 min on 2 cores
+        'rloo': dict(lr=2e-4, max_steps=48, prompts=32, eval_prompts=64),  # opt-in (05d)
         'rag': dict(embedder='tiny'),  # trained here on the chunks: no hub download
     },
     'test': {  # what `tiny` becomes under nbdev-test and in CI
@@ -215,8 +215,10 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
 
 # %% ../nbs/91_core.ipynb #fdeab66b
 EXPECTED = {  # how long building a stage takes, shown before a notebook builds a missing one: size -> stage -> time
-    'tiny': dict(tinybase='10 s (packaged; 30 min to train)', sft='4-6 min', rm='2-3 min', ppo='2-3 min', rag='10 s', eval='30 s'),  # 2-core CPU, measured (README)
-    'test': dict(tinybase='1 min', sft='2 min', rm='15 s', ppo='20 s', rag='10 s', eval='10 s'),  # 2-core CPU, measured
+    'tiny': dict(tinybase='10 s (packaged; 30 min to train)', sft='4-6 min', rm='2-3 min', ppo='2-3 min', rag='10 s', eval='30 s',
+                 dpo='3 min', grpo='3.5 min', rloo='4 min'),  # 2-core CPU, measured (README)
+    'test': dict(tinybase='1 min', sft='2 min', rm='15 s', ppo='20 s', rag='10 s', eval='10 s',
+                 grpo='30 s', rloo='30 s'),  # 2-core CPU, measured
     'rehearsal': dict(sft='1.5 min', rm='30 s', ppo='15 s', rag='10 s', eval='20 s'),  # 2-core CPU, measured
     'full': dict(sft='2-5 min', rm='2-5 min', ppo='20-30 min', rag='1-2 min', eval='3-5 min'),  # a T4: estimates, unmeasured
 }

@@ -1,5 +1,6 @@
 """PPO(05)의 프롬프트에 답을 여러 개 뽑고, 그 무리의 평균을 기준선 삼아 SFT 어댑터를 고칩니다: TRL `GRPOTrainer` + QLoRA.
-보상은 보상 모델(04)과 사실표로 검증하는 사실 보상의 가중합이고, 기준 모델은 SFT 어댑터의 얼린 사본입니다.
+보상은 함수들의 가중합(기본: 사실표로 검증하는 사실 보상; 형식 검사와 보상 모델도 더할 수 있음)이고,
+기준 모델은 SFT 어댑터의 얼린 사본입니다.
 
 Docs: https://dnf-rlhf.github.io/dnf_rlhf/grpo.html.md"""
 
@@ -38,11 +39,12 @@ class GroupStageConfig:
     temperature: float = 1.0  # sampling temperature of the groups
     epsilon: float = 0.2  # clip range of the probability ratio (PPO's `cliprange`)
     prompts: int|None = None  # training prompts: a seeded sample of PPO's (None: all of them)
-    rm_weight: float = 1.0  # weight of the reward model's score as PPO reads it (normalised, less the missing-EOS penalty)
+    rm_weight: float = 0.0  # weight of the reward model's score as PPO reads it (normalised, less the missing-EOS penalty)
     fact_weight: float = 1.0  # weight of the verifiable fact reward (+1 states the fact, -penalty contradicts it)
     fact_penalty: float = 1.0  # what saying another entity's value of the asked attribute costs
     format_weight: float = 0.0  # weight of the format check: 1 for an answer in 해요체 that ended with EOS
     eval_prompts: int = 64  # fact questions measured before/after: of the training prompts, and of held-out split (a)
+    eval_samples: int = 4  # answers sampled (at `temperature`) per training question: the accuracy the reward trains
     seed: int = 0  # prompt sample, sampling and LoRA updates
 
 
@@ -125,13 +127,16 @@ def heldout_asked(project:ProjectConfig, n:int) -> list[PPORecord]:
     recs = eval_prompts(project, EvalStageConfig(fact_prompts=n, persona_prompts=0, hostile_prompts=0))
     return [r for r in recs if splits is None or record_group(r, splits) == 'asked'][:n]
 
-def fact_answers(model, tokenizer, records:list[PPORecord], run:Run) -> list[dict]:
-    "Greedy answers (at most 64 new tokens) to fact questions, each with its factual accuracy (`stats.fact_accuracy`)."
+def fact_answers(model, tokenizer, records:list[PPORecord], run:Run, samples:int=0, temperature:float=1.0) -> list[dict]:
+    "Answers (at most 64 new tokens) to fact questions with their factual accuracy: greedy, or the mean over `samples`."
     from dnf_rlhf.lore import load_facts
     book = {fact_key(f): f for f in load_facts(run.project.facts_file())}
-    ans = generate_answers(model, tokenizer, [sft_messages(r, run) for r in records], max_new_tokens=MAX_ANSWER_TOKENS)
-    return [dict(prompt=r.prompt, answer=a['text'], acc=fact_accuracy(a['text'], r.facts, book, a['n_tokens']))
-            for r, a in zip(records, ans)]
+    n, kw = max(samples, 1), dict(do_sample=True, temperature=temperature) if samples else {}
+    ans = generate_answers(model, tokenizer, [sft_messages(r, run) for r in records for _ in range(n)],
+                           max_new_tokens=MAX_ANSWER_TOKENS, **kw)  # a question's samples side by side
+    acc = [fact_accuracy(a['text'], r.facts, book, a['n_tokens']) for r, a in zip((r for r in records for _ in range(n)), ans)]
+    return [dict(prompt=r.prompt, answer=ans[i * n]['text'], acc=float(np.mean(acc[i * n:(i + 1) * n])))
+            for i, r in enumerate(records)]
 
 
 # %% ../nbs/05c_grpo.ipynb #9d3e93ff
@@ -162,11 +167,13 @@ def train_group(out, run:Run, name:str, trainer_cls, args_cls, callbacks=(), **m
     if policy.quantization:
         model = keep_4bit_trainable_on_cpu(prepare_model_for_kbit_training(model, preset.gradient_checkpointing))
     model = PeftModel.from_pretrained(model, str(run.artifact('sft')/'adapter'), is_trainable=True)
-    # 2. the questions measured before and after; now the policy is SFT
+    # 2. the questions measured before and after (now the policy is SFT)
     train = group_prompts(run, cfg)
-    asked = {'train': [r for r in train if r.kind == 'fact' and r.facts][:cfg.eval_prompts],
-             'a': heldout_asked(run.project, cfg.eval_prompts)}
-    before = {k: fact_answers(model, tok, v, run) for k, v in asked.items()}
+    facts = [r for r in train if r.kind == 'fact' and r.facts][:cfg.eval_prompts]
+    asked = {'train': (facts, 0), 'train_sampled': (facts, cfg.eval_samples),  # greedy; sampled as the groups are
+             'a': (heldout_asked(run.project, cfg.eval_prompts), 0)}
+    measure = lambda: {k: fact_answers(model, tok, v, run, n, cfg.temperature) for k, (v, n) in asked.items()}
+    before = measure()
     # 3-4. groups, rewards, the method's advantages and loss; checkpoints to resume from
     funcs, weights = reward_functions(run, cfg, tok)
     args = args_cls(output_dir=str(out/'checkpoints'), per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
@@ -185,7 +192,7 @@ def train_group(out, run:Run, name:str, trainer_cls, args_cls, callbacks=(), **m
     # 5. after: the same questions; curves, the before/after table, metrics
     history = trainer.state.log_history
     save_json(out/'log_history.json', history); plot_group_curves(history, out/'curves.png', name.upper())
-    after = {k: fact_answers(model, tok, v, run) for k, v in asked.items()}
+    after = measure()
     write_jsonl(out/'before_after.jsonl', [dict(group=k, prompt=b['prompt'], sft=b['answer'], policy=a['answer'],
                                                 fact_sft=b['acc'], fact_policy=a['acc'])
                                            for k in asked for b, a in zip(before[k], after[k])])
@@ -196,7 +203,7 @@ def train_group(out, run:Run, name:str, trainer_cls, args_cls, callbacks=(), **m
          f'{name}/reward_final': float(np.mean([x['reward'] for x in tail])),
          f'{name}/kl_final': float(np.mean([x.get('kl', 0.0) for x in tail]))}
     for k in asked:
-        m[f'{name}/{k}/questions'] = len(asked[k])
+        m[f'{name}/{k}/questions'] = len(asked[k][0])
         m[f'{name}/{k}/fact_acc_sft'], m[f'{name}/{k}/fact_acc_sft_se'] = mean_se(x['acc'] for x in before[k])
         m[f'{name}/{k}/fact_acc'], m[f'{name}/{k}/fact_acc_se'] = mean_se(x['acc'] for x in after[k])
         m[f'{name}/{k}/fact_acc_change'], m[f'{name}/{k}/fact_acc_change_se'] = mean_se(

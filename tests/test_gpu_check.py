@@ -1,5 +1,5 @@
 """The GPU check's own code path on CPU: `python bench/gpu_check.py --smoke` (tiny stand-in, the rehearsal's shapes) runs
-SFT -> RM -> PPO -> DPO -> eval -> 4 served requests without the retrieval packages and with the no-op matplotlib, and
+SFT -> RM -> PPO -> DPO -> GRPO -> RLOO -> eval -> 4 served requests without the retrieval packages and with the no-op matplotlib, and
 its last line is the JSON report with every stage timed."""
 import json, os, subprocess, sys
 from pathlib import Path
@@ -16,7 +16,7 @@ def test_gpu_check_smoke(tmp_path):
     rep = json.loads(lines[-1])
     assert rep['ok'] is True and r.returncode == 0, (rep.get('error'), r.stderr[-3000:])
     assert (rep['check'], rep['device'], rep['error']) == ('smoke', 'cpu', None)
-    for stage in ('sft', 'rm', 'ppo', 'dpo', 'eval', 'serve'):
+    for stage in ('sft', 'rm', 'ppo', 'dpo', 'grpo', 'rloo', 'eval', 'serve'):
         assert rep['stages'][stage]['seconds'] > 0, stage
     assert rep['stages']['serve']['requests'] == 4 and rep['stages']['eval']['prompts'] == 8
     assert rep['policy']['dtype'] == 'bf16' and rep['policy']['quantization'] == 'nf4'  # fp16's CPU substitute

@@ -31,15 +31,15 @@ def test_run_with_grpo_and_rloo(tmp_path, test_env, monkeypatch):
         assert all(math.isfinite(v) for v in m.values() if isinstance(v, float)), m
         assert (out/name/'adapter'/'adapter_model.safetensors').exists() and not (out/name/'adapter'/'ref').exists()
         rows = [json.loads(x) for x in (out/name/'before_after.jsonl').read_text().splitlines()]
-        assert {r['group'] for r in rows} == {'train', 'a'} and all(r['policy'] for r in rows)
-        assert load_json(out/name/'manifest.json')['reward_weights'] == {'rm': 1.0, 'fact': 1.0}
+        assert {r['group'] for r in rows} == {'train', 'train_sampled', 'a'} and all(r['policy'] for r in rows)
+        assert load_json(out/name/'manifest.json')['reward_weights'] == {'fact': 1.0}
 
 def test_grpo_on_a_4bit_base_trains_fp32_adapters(tmp_path):
     "GRPO on NF4 (the GPU presets' layout): TRL's bf16 adapters are put back to fp32, and the fact reward alone trains."
     seen = TrainableDtypes()
     run = Run(replace(get_preset('test'), quantization='nf4'),
               overrides={'sft': dict(max_steps=2, eval_steps=2, max_new_tokens=8, heldout_prompts=4),
-                         'grpo': dict(max_steps=1, rm_weight=0.0, eval_prompts=2)})
+                         'grpo': dict(max_steps=1, eval_prompts=2)})
     m = train_grpo(tmp_path, run, callbacks=[seen])
     assert seen.dtypes == {'torch.float32'}, seen.dtypes  # a T4's fp16 scaler cannot unscale bf16 gradients
     assert m['grpo/steps'] == 1 and load_json(tmp_path/'manifest.json')['reward_weights'] == {'fact': 1.0}
