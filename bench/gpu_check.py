@@ -77,11 +77,13 @@ class Sizes:
     max_tokens: int  # per chat request
     keep: dict  # datasets file -> rows kept (None: all; 0: left out)
 
-GPU = Sizes('polyglot-ko-1.3b', sft_steps=10, sft_eval_steps=5, rm_steps=10, ppo_steps=3, dpo_steps=5, group_steps=3, prompts=8,
+GPU = Sizes('polyglot-ko-1.3b', sft_steps=10, sft_eval_steps=5, rm_steps=10, ppo_steps=3, dpo_steps=5, group_steps=3,
+            prompts=8,
             ppo_eval_prompts=8, eval_tokens=64, requests=4, max_tokens=32,
             keep=dict(sft_train=None, sft_test=32, pairs_train=512, ranked_train=32, pairs_test=96, ranked_test=16, ppo_train=None,
                       ppo_test=None, retrieval_train=None, retrieval_test=None))
-SMOKE = Sizes('tiny', sft_steps=4, sft_eval_steps=2, rm_steps=4, ppo_steps=2, dpo_steps=2, group_steps=1, prompts=8, ppo_eval_prompts=4,
+SMOKE = Sizes('tiny', sft_steps=4, sft_eval_steps=2, rm_steps=4, ppo_steps=2, dpo_steps=2, group_steps=1, prompts=8,
+              ppo_eval_prompts=4,
               eval_tokens=None, requests=4, max_tokens=8,
               keep=dict(sft_train=160, sft_test=8, pairs_train=64, ranked_train=0, pairs_test=32, ranked_test=0, ppo_train=32,
                         ppo_test=None, retrieval_train=None, retrieval_test=None))
@@ -252,9 +254,11 @@ def run_check(a, rep:dict, work:Path):
         'rm': dict(max_steps=S.rm_steps, norm_samples=n),
         'ppo': dict(steps=S.ppo_steps, eval_prompts=S.ppo_eval_prompts, checkpoint_every=S.ppo_steps, sample_every=1),
         'dpo': dict(max_steps=S.dpo_steps, heldout_pairs=4 * n),
-        **{g: dict(max_steps=S.group_steps, prompts_per_step=2, num_generations=4, eval_prompts=n // 2) for g in ('grpo', 'rloo')},
+        **{g: dict(max_steps=S.group_steps, prompts_per_step=2, num_generations=4, eval_prompts=n // 2)
+           for g in ('grpo', 'rloo')},
         'eval': ev})
-    stages = {**{k: (lambda k=k: run_stage(run, k)) for k in ('sft', 'rm', 'ppo', 'dpo', 'grpo', 'rloo', 'eval')}, 'serve': lambda: served_answers(run, S)}
+    stages = {k: (lambda k=k: run_stage(run, k)) for k in STAGES if k != 'serve'}
+    stages['serve'] = lambda: served_answers(run, S)
     picked = {'sft': lambda m: {'steps': m.get('sft/steps'), 'eval_loss_start': m.get('sft/eval_loss_start')},
               'rm': lambda m: {'accuracy': m.get('rm/accuracy')},
               'ppo': lambda m: {'steps': m.get('ppo/steps'), 'nf4_layers': m.get('ppo/nf4_layers'), 'kl_final': m.get('ppo/kl_final')},

@@ -215,8 +215,8 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
 
 # %% ../nbs/91_core.ipynb #fdeab66b
 EXPECTED = {  # how long building a stage takes, shown before a notebook builds a missing one: size -> stage -> time
-    'tiny': dict(tinybase='10 s (packaged; 30 min to train)', sft='4-6 min', rm='2-3 min', ppo='2-3 min', rag='10 s', eval='30 s',
-                 dpo='3 min', grpo='3.5 min', rloo='4 min'),  # 2-core CPU, measured (README)
+    'tiny': dict(tinybase='10 s (packaged; 30 min to train)', sft='4-6 min', rm='2-3 min', ppo='2-3 min', rag='10 s',
+                 eval='30 s', dpo='3 min', grpo='3.5 min', rloo='4 min'),  # 2-core CPU, measured (README)
     'test': dict(tinybase='1 min', sft='2 min', rm='15 s', ppo='20 s', rag='10 s', eval='10 s',
                  grpo='30 s', rloo='30 s'),  # 2-core CPU, measured
     'rehearsal': dict(sft='1.5 min', rm='30 s', ppo='15 s', rag='10 s', eval='20 s'),  # 2-core CPU, measured
@@ -510,7 +510,7 @@ RESOURCES = 'resources.json'  # a stage folder's wall seconds and peak memory, w
 
 @contextmanager
 def measure_stage(out):
-    "Write `out/resources.json` after the block: wall seconds, and peak memory — on CUDA the peak allocated, else peak RSS."
+    "Write `out/resources.json` after the block: wall seconds and peak memory (CUDA: peak allocated, else peak RSS)."
     import torch
     cuda, proc = torch.cuda.is_available(), Path('/proc/self/clear_refs')
     if cuda: torch.cuda.reset_peak_memory_stats()
@@ -672,7 +672,7 @@ class Run:
             f"preset {self.preset.name} never falls back to a tiny artifact.)")
 
     def has(self, name:str) -> bool:
-        "Whether stage `name`'s artifact exists, never building it: in the run folder, or (no folder, tiny) in the cache."
+        "Whether stage `name`'s artifact exists, never building it: in the run folder, or (no folder, tiny) the cache."
         if self.dir is not None: return stage_done(self.dir/name)
         st = get_stage(name)
         return self.preset.is_tiny and st.cached and (cache_root()/f'{name}-{self.key(name)}'/'.complete').exists()
@@ -729,7 +729,8 @@ def stale_reasons(run:Run, name:str) -> list[str]:
             why.append(f"preset changed ({', '.join(diff)}: {(m['preset'] or {}).get('name')} -> {run.preset.name})")
     if 'config' in m and (diff := _changed(m['config'] or {}, _plain(run.cfg(name)) or {})):
         why.append(f"settings changed ({', '.join(diff)})")
-    if 'compared' in m and (was := sorted(m['compared'])) != (now := sorted(compared_models(run))):  # after `--with grpo`
+    was, now = sorted(m.get('compared') or []), sorted(compared_models(run))
+    if 'compared' in m and was != now:  # e.g. evaluation, after `--with grpo`
         why.append(f"compared models changed ({', '.join(was)} -> {', '.join(now)})")
     return why
 

@@ -96,7 +96,7 @@ def eval_retriever(run:Run):
 
 # %% ../nbs/08_evaluation.ipynb #b5f884bc
 def model_answers(model, tok, records:list[PPORecord], hits:list|None, run:Run) -> dict[str, list[dict]]:
-    "{'closed': answers, 'rag': answers (without `hits`: none)} of one model to `records` (greedy): {'text', 'ended', ...}."
+    "{'closed': answers, 'rag': answers (none without `hits`)} of one model to `records`, greedy: {'text', 'ended', …}."
     from dnf_rlhf.sft import sft_messages, sft_persona
     from dnf_rlhf.rag import rag_messages, context_budget
     cfg, persona, L = run.cfg('eval'), sft_persona(run), run.preset.sft.max_len
@@ -298,7 +298,7 @@ def stage_runtimes(run_dir) -> list[dict]:
     return [dict(stage=s['stage'], seconds=s['seconds'], reused=s['reused']) for s in load_json(p).get('stages', [])]
 
 def methods_table(rep:dict) -> list[str]:
-    "Markdown lines of the methods table: each compared chat model closed-book, its KL to SFT and what building it cost."
+    "Markdown lines of the methods table: each compared chat model closed-book, its KL to SFT, what it cost to build."
     m, res = rep['metrics'], rep.get('resources') or {}
     if not rep.get('methods'): return []
     cell = lambda s, k: _pm(m, s, k) if f'eval/{s}/{k}' in m else '—'
@@ -312,9 +312,10 @@ def methods_table(rep:dict) -> list[str]:
          '| KL to SFT | seconds | memory (MB) |', '|---|' + '---:|' * 12]
     for s in rep['methods']:
         r = res.get(s, {})
-        L.append(f"| {s} | {cell(s, 'reward')} | {num(s, 'win_rate_vs_sft')} | {cell(s, 'fact_acc')} | {cell(s, 'fact_acc_a')} | "
-                 f"{cell(s, 'harmless_rate')} | {num(s, 'eos_rate')} | {num(s, 'distinct_1')} | {num(s, 'distinct_2')} | "
-                 f"{num(s, 'top_answer_share')} | {cell(s, 'kl_sft')} | {r.get('seconds', '—')} | {r.get('peak_memory_mb', '—')} |")
+        cols = [cell(s, 'reward'), num(s, 'win_rate_vs_sft'), cell(s, 'fact_acc'), cell(s, 'fact_acc_a'),
+                cell(s, 'harmless_rate'), num(s, 'eos_rate'), num(s, 'distinct_1'), num(s, 'distinct_2'),
+                num(s, 'top_answer_share'), cell(s, 'kl_sft'), r.get('seconds', '—'), r.get('peak_memory_mb', '—')]
+        L.append(f"| {s} | " + ' | '.join(map(str, cols)) + ' |')
     return L
 
 def eval_report_markdown(rep:dict, img_prefix:str='', runtimes:bool=True) -> str:

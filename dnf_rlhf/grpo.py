@@ -39,7 +39,7 @@ class GroupStageConfig:
     temperature: float = 1.0  # sampling temperature of the groups
     epsilon: float = 0.2  # clip range of the probability ratio (PPO's `cliprange`)
     prompts: int|None = None  # training prompts: a seeded sample of PPO's (None: all of them)
-    rm_weight: float = 0.0  # weight of the reward model's score as PPO reads it (normalised, less the missing-EOS penalty)
+    rm_weight: float = 0.0  # weight of the reward model's score as PPO reads it (normalised, less its EOS penalty)
     fact_weight: float = 1.0  # weight of the verifiable fact reward (+1 states the fact, -penalty contradicts it)
     fact_penalty: float = 1.0  # what saying another entity's value of the asked attribute costs
     format_weight: float = 0.0  # weight of the format check: 1 for an answer in 해요체 that ended with EOS
@@ -53,7 +53,7 @@ class GroupStageConfig:
 class GRPOStageConfig(GroupStageConfig):
     "Hyper-parameters of GRPO (TRL `GRPOTrainer`): the group's mean (and std) is the baseline, KL is a loss term."
     beta: float = 0.04  # KL coefficient to the SFT reference, in the loss (Shao et al. 2024: 0.04; TRL's default 0)
-    scale_rewards: str = 'group'  # 'group': advantages over the group's std (Shao et al.); 'none': Dr. GRPO (Liu et al. 2025)
+    scale_rewards: str = 'group'  # 'group': over the group's std (Shao et al.); 'none': Dr. GRPO (Liu et al. 2025)
 
 
 # %% ../nbs/05c_grpo.ipynb #30a1f9bc
@@ -84,7 +84,8 @@ def rm_reward_fn(run:Run):
     model, tok, norm = load_rm(run)
     penalty = run.cfg('ppo').missing_eos_penalty
     def rm(question, completion_ids, **_):
-        prompt = {q: tok(render_prompt(tok, rm_messages(q, run)), add_special_tokens=False)['input_ids'] for q in set(question)}
+        enc = lambda q: tok(render_prompt(tok, rm_messages(q, run)), add_special_tokens=False)['input_ids']
+        prompt = {q: enc(q) for q in set(question)}
         raw = score_ids(model, tok, [prompt[q] + ids for q, ids in zip(question, completion_ids)])  # the raw tokens
         ended = torch.tensor([bool(ids) and ids[-1] == tok.eos_token_id for ids in completion_ids])
         return penalise_missing_eos((raw - norm['mean']) / norm['std'], ended, penalty).tolist()
@@ -99,7 +100,8 @@ def format_reward_fn(tokenizer):
 
 def reward_functions(run:Run, cfg:GroupStageConfig, tokenizer) -> tuple[list, list[float]]:
     "(reward functions, their weights): those of `cfg` whose weight is not 0."
-    table = [(cfg.rm_weight, lambda: rm_reward_fn(run)), (cfg.fact_weight, lambda: fact_reward_fn(run, cfg.fact_penalty)),
+    table = [(cfg.rm_weight, lambda: rm_reward_fn(run)),
+             (cfg.fact_weight, lambda: fact_reward_fn(run, cfg.fact_penalty)),
              (cfg.format_weight, lambda: format_reward_fn(tokenizer))]
     chosen = [(w, make()) for w, make in table if w]
     if not chosen: raise UserError('every reward weight is 0: set rm_weight, fact_weight or format_weight')
@@ -127,14 +129,15 @@ def heldout_asked(project:ProjectConfig, n:int) -> list[PPORecord]:
     recs = eval_prompts(project, EvalStageConfig(fact_prompts=n, persona_prompts=0, hostile_prompts=0))
     return [r for r in recs if splits is None or record_group(r, splits) == 'asked'][:n]
 
-def fact_answers(model, tokenizer, records:list[PPORecord], run:Run, samples:int=0, temperature:float=1.0) -> list[dict]:
+def fact_answers(model, tokenizer, records:list[PPORecord], run:Run, samples:int=0,  # answers per question (0: greedy)
+                 temperature:float=1.0) -> list[dict]:
     "Answers (at most 64 new tokens) to fact questions with their factual accuracy: greedy, or the mean over `samples`."
     from dnf_rlhf.lore import load_facts
     book = {fact_key(f): f for f in load_facts(run.project.facts_file())}
     n, kw = max(samples, 1), dict(do_sample=True, temperature=temperature) if samples else {}
     ans = generate_answers(model, tokenizer, [sft_messages(r, run) for r in records for _ in range(n)],
                            max_new_tokens=MAX_ANSWER_TOKENS, **kw)  # a question's samples side by side
-    acc = [fact_accuracy(a['text'], r.facts, book, a['n_tokens']) for r, a in zip((r for r in records for _ in range(n)), ans)]
+    acc = [fact_accuracy(a['text'], records[i // n].facts, book, a['n_tokens']) for i, a in enumerate(ans)]
     return [dict(prompt=r.prompt, answer=ans[i * n]['text'], acc=float(np.mean(acc[i * n:(i + 1) * n])))
             for i, r in enumerate(records)]
 
@@ -176,9 +179,11 @@ def train_group(out, run:Run, name:str, trainer_cls, args_cls, callbacks=(), **m
     before = measure()
     # 3-4. groups, rewards, the method's advantages and loss; checkpoints to resume from
     funcs, weights = reward_functions(run, cfg, tok)
-    args = args_cls(output_dir=str(out/'checkpoints'), per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
+    args = args_cls(output_dir=str(out/'checkpoints'),
+                    per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
                     num_generations=cfg.num_generations, max_completion_length=shape.max_new_tokens,
-                    temperature=cfg.temperature, learning_rate=cfg.lr, max_steps=cfg.max_steps, lr_scheduler_type='linear',
+                    temperature=cfg.temperature, learning_rate=cfg.lr, max_steps=cfg.max_steps,
+                    lr_scheduler_type='linear',
                     epsilon=cfg.epsilon, reward_weights=weights, logging_steps=1, save_strategy='steps',
                     save_steps=max(1, cfg.max_steps // 4), save_total_limit=1, report_to='none', seed=cfg.seed,
                     dataloader_num_workers=0, gradient_checkpointing=preset.gradient_checkpointing,
@@ -220,10 +225,11 @@ def train_grpo(out, run:Run, callbacks=()) -> dict:
     "GRPO (TRL `GRPOTrainer`) of the run's SFT adapter on PPO's prompts into `out`, with the before/after diagnostics."
     from trl import GRPOConfig, GRPOTrainer
     cfg = run.cfg('grpo')
-    return train_group(out, run, 'grpo', GRPOTrainer, GRPOConfig, callbacks, beta=cfg.beta, scale_rewards=cfg.scale_rewards)
+    return train_group(out, run, 'grpo', GRPOTrainer, GRPOConfig, callbacks, beta=cfg.beta,
+                       scale_rewards=cfg.scale_rewards)
 
 GRPO = register(Stage('grpo', '05c_grpo.ipynb', train_grpo, GRPOStageConfig, needs=('sft', 'rm'),
                       inputs=('ppo_train.jsonl', 'ppo_test.jsonl', 'sft_test.jsonl'),
                       code=('grpo.py', 'reward.py', 'stats.py', 'chat.py'), cached=True, chat_model=True, optional=True,
-                      help="GRPO on PPO's prompts: group baselines, RM + verifiable fact reward (opt-in: run --with grpo)"))
+                      help="GRPO on PPO's prompts: group baselines, the fact reward (opt-in: run --with grpo)"))
 

@@ -7,7 +7,7 @@ from dnf_rlhf.core import Run, get_preset, load_json, save_json, stale_reasons
 from dnf_rlhf.grpo import train_grpo
 
 def test_run_with_grpo_and_rloo(tmp_path, test_env, monkeypatch):
-    "`--with grpo rloo` trains both before evaluation, which compares them with SFT and PPO; a new opt-in makes it stale."
+    "`--with grpo rloo`: both train before evaluation, which compares them with SFT and PPO; a new opt-in: stale."
     out = tmp_path/'run'
     r = cli('run', '--preset', 'tiny', '--out', str(out), '--stages', 'lore', 'eval', '--with', 'grpo', 'rloo',
             env=test_env, timeout=1500)
