@@ -729,8 +729,7 @@ def stale_reasons(run:Run, name:str) -> list[str]:
             why.append(f"preset changed ({', '.join(diff)}: {(m['preset'] or {}).get('name')} -> {run.preset.name})")
     if 'config' in m and (diff := _changed(m['config'] or {}, _plain(run.cfg(name)) or {})):
         why.append(f"settings changed ({', '.join(diff)})")
-    was, now = sorted(m.get('compared') or []), sorted(compared_models(run))
-    if 'compared' in m and was != now:  # e.g. evaluation, after `--with grpo`
+    if 'compared' in m and (was := sorted(m['compared'])) != (now := sorted(compared_models(run))):  # `--with`
         why.append(f"compared models changed ({', '.join(was)} -> {', '.join(now)})")
     return why
 

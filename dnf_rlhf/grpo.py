@@ -8,7 +8,7 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/grpo.html.md"""
 
 # %% ../nbs/05c_grpo.ipynb #2436c706
 from __future__ import annotations
-import random, shutil, time
+import dataclasses, random, shutil, time
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -160,7 +160,7 @@ def plot_group_curves(history:list[dict], path, title:str):
 
 
 # %% ../nbs/05c_grpo.ipynb #84ba9033
-def train_group(out, run:Run, name:str, trainer_cls, args_cls, callbacks=(), **method) -> dict:
+def train_group(out, run:Run, name:str, trainer_cls, args_cls, callbacks=()) -> dict:
     "Train stage `name` (GRPO, RLOO) into `out`: the SFT adapter, answers sampled in groups, the rewards; before/after."
     from peft import PeftModel, prepare_model_for_kbit_training
     out, preset, policy, cfg, shape = Path(out), run.preset, run.policy, run.cfg(name), run.preset.ppo
@@ -179,6 +179,8 @@ def train_group(out, run:Run, name:str, trainer_cls, args_cls, callbacks=(), **m
     before = measure()
     # 3-4. groups, rewards, the method's advantages and loss; checkpoints to resume from
     funcs, weights = reward_functions(run, cfg, tok)
+    shared = {f.name for f in dataclasses.fields(GroupStageConfig)}
+    method = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in shared}  # TRL's names
     args = args_cls(output_dir=str(out/'checkpoints'),
                     per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
                     num_generations=cfg.num_generations, max_completion_length=shape.max_new_tokens,
@@ -224,9 +226,7 @@ def train_group(out, run:Run, name:str, trainer_cls, args_cls, callbacks=(), **m
 def train_grpo(out, run:Run, callbacks=()) -> dict:
     "GRPO (TRL `GRPOTrainer`) of the run's SFT adapter on PPO's prompts into `out`, with the before/after diagnostics."
     from trl import GRPOConfig, GRPOTrainer
-    cfg = run.cfg('grpo')
-    return train_group(out, run, 'grpo', GRPOTrainer, GRPOConfig, callbacks, beta=cfg.beta,
-                       scale_rewards=cfg.scale_rewards)
+    return train_group(out, run, 'grpo', GRPOTrainer, GRPOConfig, callbacks)  # with `beta`, `scale_rewards`
 
 GRPO = register(Stage('grpo', '05c_grpo.ipynb', train_grpo, GRPOStageConfig, needs=('sft', 'rm'),
                       inputs=('ppo_train.jsonl', 'ppo_test.jsonl', 'sft_test.jsonl'),

@@ -36,9 +36,7 @@ def loo_advantages(rewards:torch.Tensor, G:int) -> torch.Tensor:
 def train_rloo(out, run:Run, callbacks=()) -> dict:
     "RLOO (TRL `RLOOTrainer`) of the run's SFT adapter on PPO's prompts into `out`, with the before/after diagnostics."
     from trl import RLOOConfig, RLOOTrainer
-    cfg = run.cfg('rloo')
-    return train_group(out, run, 'rloo', RLOOTrainer, RLOOConfig, callbacks, beta=cfg.beta,
-                       normalize_advantages=cfg.normalize_advantages)
+    return train_group(out, run, 'rloo', RLOOTrainer, RLOOConfig, callbacks)  # with `beta`, `normalize_advantages`
 
 RLOO = register(Stage('rloo', '05d_rloo.ipynb', train_rloo, RLOOStageConfig, needs=('sft', 'rm'),
                       inputs=('ppo_train.jsonl', 'ppo_test.jsonl', 'sft_test.jsonl'),
