@@ -8,10 +8,11 @@ What runs (no hub, no network; one run folder, stages in pipeline order, each re
 - sft: `train_sft` 10 optimizer steps (eval + checkpoint every 5), 8 held-out prompts answered.
 - rm: `train_rm` 10 steps, diagnostics, reward normalisation on 8 SFT samples.
 - ppo: `train_ppo` 3 steps (shared layout, the default PPO config otherwise), before/after on 8 prompts.
+- ppo_fact: the same PPO with the fact reward added to the RM's (its settings start from ppo's).
 - dpo: `train_dpo` 5 steps on the preference pairs (the SFT adapter its own reference), loss on 32 held-out pairs.
 - grpo, rloo: `train_grpo` / `train_rloo` 3 steps of 2 prompts x 4 answers (RM + fact reward), 4 questions before/after.
 - eval: the `eval` stage on 8 prompts (4 fact, 2 persona, 2 hostile), 64-token answers, judge off; the methods table
-  (SFT, PPO, DPO, GRPO, RLOO with KL to SFT).
+  (SFT, PPO, PPO + fact, DPO, GRPO, RLOO with KL to SFT).
 - serve: 4 chat requests through the real server on 127.0.0.1 with the real `openai` client.
 
 Settings forced with the existing knobs: `get_preset('colab-t4').with_base(<stand-in>)` (fp16, NF4, gradient
@@ -56,7 +57,7 @@ for k, v in dict(HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_OFFLI
     os.environ.setdefault(k, v)
 
 RETRIEVAL = ('kiwipiepy', 'bm25s', 'faiss')  # not installed on the GPU machine: the check must not need them
-STAGES = ('sft', 'rm', 'ppo', 'dpo', 'grpo', 'rloo', 'eval', 'serve')
+STAGES = ('sft', 'rm', 'ppo', 'ppo_fact', 'dpo', 'grpo', 'rloo', 'eval', 'serve')
 GiB = 2**30
 CAPS_GB = {'colab-t4': 15.0, 'colab-l4': 22.0, 'colab-a100': 40.0}  # usable memory of each preset's GPU
 
@@ -262,6 +263,7 @@ def run_check(a, rep:dict, work:Path):
     picked = {'sft': lambda m: {'steps': m.get('sft/steps'), 'eval_loss_start': m.get('sft/eval_loss_start')},
               'rm': lambda m: {'accuracy': m.get('rm/accuracy')},
               'ppo': lambda m: {'steps': m.get('ppo/steps'), 'nf4_layers': m.get('ppo/nf4_layers'), 'kl_final': m.get('ppo/kl_final')},
+              'ppo_fact': lambda m: {'steps': m.get('ppo_fact/steps'), 'kl_final': m.get('ppo_fact/kl_final')},
               'dpo': lambda m: {'step0_loss': m.get('dpo/step0_loss'), 'heldout_loss': m.get('dpo/heldout_loss')},
               **{g: (lambda m, g=g: {'steps': m.get(f'{g}/steps'), 'reward_final': m.get(f'{g}/reward_final')})
                  for g in ('grpo', 'rloo')},

@@ -23,6 +23,7 @@ PIPELINE: list[Stage] = [  # the stages of `dnf-rlhf run`, in order
     sft.SFT,  # QLoRA supervised fine-tuning (03)
     reward.RM,  # reward model + diagnostics + normalisation (04)
     ppo.PPO,  # PPO on one shared base + before/after report (05)
+    ppo.PPO_FACT,  # opt-in (`--with ppo_fact`): the same PPO, the verifiable fact reward added to the RM's (05)
     dpo.DPO,  # opt-in (`--with dpo`): DPO on the preference pairs, the SFT adapter its reference (05b)
     grpo.GRPO,  # opt-in (`--with grpo`): group baselines, RM + verifiable fact reward (05c)
     rloo.RLOO,  # opt-in (`--with rloo`): leave-one-out baselines, the same rewards (05d)

@@ -178,7 +178,7 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
                     kl_horizon=1000, checkpoint_every=20, sample_every=20),
         'dpo': dict(lr=1e-3, max_steps=56, heldout_pairs=256),  # opt-in (05b); 2.7 s a step on 2 cores
         'grpo': dict(lr=2e-4, max_steps=48, prompts=32, eval_prompts=64),  # opt-in (05c); 3 min on 2 cores
-        'rloo': dict(lr=2e-4, max_steps=48, prompts=32, eval_prompts=64),  # opt-in (05d)
+        'rloo': dict(lr=2e-4, max_steps=44, prompts=32, eval_prompts=64),  # opt-in (05d); 5 s a step, 48 took 236-251 s
         'rag': dict(embedder='tiny'),  # trained here on the chunks: no hub download
     },
     'test': {  # what `tiny` becomes under nbdev-test and in CI
@@ -216,9 +216,10 @@ SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields 
 # %% ../nbs/91_core.ipynb #fdeab66b
 EXPECTED = {  # how long building a stage takes, shown before a notebook builds a missing one: size -> stage -> time
     'tiny': dict(tinybase='10 s (packaged; 30 min to train)', sft='4-6 min', rm='2-3 min', ppo='2-3 min', rag='10 s',
-                 eval='30 s', dpo='3 min', grpo='3.5 min', rloo='4 min'),  # 2-core CPU, measured (README)
+                 eval='30 s', ppo_fact='3 min', dpo='3 min', grpo='3.5 min',
+                 rloo='4 min'),  # 2-core CPU, measured (README)
     'test': dict(tinybase='1 min', sft='2 min', rm='15 s', ppo='20 s', rag='10 s', eval='10 s',
-                 grpo='30 s', rloo='30 s'),  # 2-core CPU, measured
+                 ppo_fact='20 s', grpo='30 s', rloo='30 s'),  # 2-core CPU, measured
     'rehearsal': dict(sft='1.5 min', rm='30 s', ppo='15 s', rag='10 s', eval='20 s'),  # 2-core CPU, measured
     'full': dict(sft='2-5 min', rm='2-5 min', ppo='20-30 min', rag='1-2 min', eval='3-5 min'),  # a T4: estimates, unmeasured
 }
@@ -547,6 +548,7 @@ class Stage:
     notebook: str  # the notebook that teaches and builds it (named when its artifact is missing)
     train: Callable  # `train(out, run) -> metrics`: build the artifact into the folder `out`
     config: type|None = None  # its config dataclass (per-size values in `SIZES`); None: no settings
+    variant_of: str|None = None  # a stage whose settings (`SIZES`, `--set`) this one starts from, e.g. ppo_fact of ppo
     needs: tuple = ()  # stages whose artifacts it reads
     inputs: tuple = ()  # project files it reads (names for `ProjectConfig.input_path`): in its cache key and manifest
     code: tuple = ()  # package modules whose source decides the artifact: in its cache key
@@ -632,11 +634,18 @@ class Run:
         if st.config is None:
             if self.overrides.get(name): raise UserError(f"stage {name!r} has no settings to override")
             return None
-        vals = {**SIZES[self.preset.size or 'full'].get(name, {}), **self.overrides.get(name, {})}
+        size, chain, vals = SIZES[self.preset.size or 'full'], [n for n in (st.variant_of, name) if n], {}
+        for src in [size.get(n, {}) for n in chain] + [self.overrides.get(n, {}) for n in chain]:
+            vals.update(src)  # a variant's values come after its original's, size values before overrides
         known = {f.name for f in dataclasses.fields(st.config)}
         if bad := sorted(set(vals) - known):
             raise UserError(f"{name}: unknown setting(s) {bad}; known: {sorted(known)}")
         return st.config(**vals)
+
+    def as_variant(self, name:str) -> 'Run':
+        "This run with stage `name`'s settings in place of its original's (`Stage.variant_of`), for that code to train."
+        st = get_stage(name)
+        return replace(self, overrides={**self.overrides, st.variant_of: asdict(self.cfg(name))})
 
     def cached(self) -> 'Run':
         "This run without its folder: what the tiny cache builds with."
@@ -734,9 +743,10 @@ def stale_reasons(run:Run, name:str) -> list[str]:
     return why
 
 def built_on(run:Run, name:str) -> tuple:
-    "The stages stage `name` is built from: its `needs`, and the project's own base (`tinybase`) when it loads it."
-    st = get_stage(name)
-    return (*st.needs, *(('tinybase',) if st.on_base and run.preset.own_base else ()))
+    "The stages stage `name` is built from: its `needs`, the models it compared (evaluation), the project's own base."
+    st, m = get_stage(name), run.dir/name/MANIFEST if run.dir is not None else None
+    compared = load_json(m).get('compared', []) if m and m.exists() else []  # one rebuilt: evaluation is stale
+    return (*st.needs, *compared, *(('tinybase',) if st.on_base and run.preset.own_base else ()))
 
 def stale_stages(run:Run, names:list[str]) -> dict[str, str]:
     "Finished stages among `names` (pipeline order) that no longer match `run`, with why; one built on a stale one too."

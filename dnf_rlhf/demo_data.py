@@ -7,7 +7,7 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/demo_data.html.md"""
 
 # %% ../nbs/02_demo_data.ipynb #9d0b8994
 from __future__ import annotations
-import hashlib, random, re
+import functools, hashlib, random, re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,9 +26,9 @@ __all__ = ['DNF_QUESTIONS', 'PPO_SIGNOFF', 'DEMO_FILES', 'JOSA', 'VALUE_KINDS', 
            'COLLOQUIAL_QUESTIONS', 'DESCRIBED_QUESTIONS', 'MISSPELLED_QUESTIONS', 'VOWEL_TYPOS', 'REJECTION_TYPES',
            'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER', 'UNRELATED_ANSWER', 'NAME_SYLLABLES', 'SCHEMAS',
            'DemoDataConfig', 'final_consonant', 'josa', 'fill', 'value_kind', 'sentences', 'fact_key', 'state',
-           'stable_hash', 'pick', 'support_fact', 'answer', 'Splits', 'choose_new_docs', 'split_facts', 'cue_form',
-           'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'misspell', 'described', 'banmal',
-           'by_length', 'truncations', 'FactBook', 'Slot', 'select_prompts', 'invented_name', 'reading',
+           'stable_hash', 'pick', 'support_fact', 'answer', 'fact_book', 'Splits', 'choose_new_docs', 'split_facts',
+           'cue_form', 'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'misspell', 'described',
+           'banmal', 'by_length', 'truncations', 'FactBook', 'Slot', 'select_prompts', 'invented_name', 'reading',
            'build_demo_data', 'record_group', 'demo_stats', 'demo_dir', 'write_demo_files', 'write_demo_data',
            'load_splits', 'load_demo']
 
@@ -222,6 +222,16 @@ def answer(f:Fact, form:str, entity_facts:dict[str, Fact], category:str, value:s
             keys.append(fact_key(s))
         text += ' ' + fill(pick(OFFERS, f.doc_id, f.attribute), E=f.entity)
     return text, keys
+
+# %% ../nbs/02_demo_data.ipynb #350d2907
+@functools.lru_cache(maxsize=4)
+def _read_fact_book(path:str, stamp:tuple) -> dict: return {fact_key(f): f for f in load_facts(path)}
+
+def fact_book(path) -> dict:
+    "The facts table at `path` by `fact_key` ('doc_id:attribute'), read once per version of the file (mtime, size)."
+    st = Path(path).stat()
+    return _read_fact_book(str(path), (st.st_mtime_ns, st.st_size))
+
 
 # %% ../nbs/02_demo_data.ipynb #c862e6c4
 NEW, ASKED, UNASKED = 'new', 'asked', 'unasked'  # the three groups of facts

@@ -232,8 +232,7 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
     "Prompts, answers, RM scores, metrics, win rates, retrieval recall and (when `judge_cfg`) the judge table of every system."
     from tqdm.auto import tqdm
     from dnf_rlhf.reward import load_rm
-    from dnf_rlhf.lore import load_facts
-    from dnf_rlhf.demo_data import fact_key, load_splits, record_group
+    from dnf_rlhf.demo_data import fact_book, load_splits, record_group
     from dnf_rlhf.rag import load_questions, evaluate_retrieval
     project, cfg = run.project, run.cfg('eval')
     set_seed(cfg.seed)
@@ -257,7 +256,7 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
     rm, rtok, norm = load_rm(run)
     scores = {s: rm_scores(rm, rtok, norm, records, answers[s], run) for s in answers}
     del rm
-    facts = {fact_key(f): f for f in load_facts(project.facts_file())}
+    facts = fact_book(project.facts_file())
     splits = load_splits(project.datasets_path())
     groups = [record_group(r, splits) if splits and r.kind == 'fact' else None for r in records]
     metrics = {}

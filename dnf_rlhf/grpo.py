@@ -19,8 +19,8 @@ from .chat import render_prompt, generate_answers, is_haeyo
 from .models import load_pretrained
 from .sft import sft_messages, trainer_precision, fp32_trainable, keep_4bit_trainable_on_cpu, last_checkpoint
 from .reward import rm_messages, load_rm, score_ids
-from .stats import mean_se, fact_accuracy, fact_reward, rival_values, MAX_ANSWER_TOKENS
-from .demo_data import fact_key, load_splits, record_group
+from .stats import mean_se, fact_accuracy, fact_score, MAX_ANSWER_TOKENS
+from .demo_data import fact_book, load_splits, record_group
 
 
 # %% auto #0
@@ -67,12 +67,10 @@ def group_advantages(rewards:torch.Tensor, G:int, scale:bool=True) -> torch.Tens
 
 # %% ../nbs/05c_grpo.ipynb #b897213e
 def fact_reward_fn(run:Run, penalty:float=1.0):
-    "TRL reward function `fact`: the mean `stats.fact_reward` over a prompt's facts (0 for prompts without one)."
-    from dnf_rlhf.lore import load_facts
-    book = {fact_key(f): f for f in load_facts(run.project.facts_file())}
-    rivals = {k: rival_values(f, book.values()) for k, f in book.items()}
+    "TRL reward function `fact`: `stats.fact_score`, the mean fact reward over a prompt's facts (0 without one)."
+    book = fact_book(run.project.facts_file())
     def fact(completions, completion_ids, facts, **_):
-        return [float(np.mean([fact_reward(c, book[k], rivals[k], len(ids), penalty) for k in keys])) if keys else 0.0
+        return [fact_score(c, keys, book, len(ids), penalty)
                 for c, ids, keys in zip(completions, completion_ids, facts)]
     return fact
 
@@ -132,8 +130,7 @@ def heldout_asked(project:ProjectConfig, n:int) -> list[PPORecord]:
 def fact_answers(model, tokenizer, records:list[PPORecord], run:Run, samples:int=0,  # answers per question (0: greedy)
                  temperature:float=1.0) -> list[dict]:
     "Answers (at most 64 new tokens) to fact questions with their factual accuracy: greedy, or the mean over `samples`."
-    from dnf_rlhf.lore import load_facts
-    book = {fact_key(f): f for f in load_facts(run.project.facts_file())}
+    book = fact_book(run.project.facts_file())
     n, kw = max(samples, 1), dict(do_sample=True, temperature=temperature) if samples else {}
     ans = generate_answers(model, tokenizer, [sft_messages(r, run) for r in records for _ in range(n)],
                            max_new_tokens=MAX_ANSWER_TOKENS, **kw)  # a question's samples side by side

@@ -23,19 +23,21 @@ from .chat import render_prompt, prepare_tokenizer
 from .models import load_pretrained
 from .sft import sft_messages
 from .reward import rm_messages
-from .stats import mean_se, win_rate, fact_accuracy, top_answer_share
+from .stats import mean_se, win_rate, fact_accuracy, fact_score, top_answer_share
+from .demo_data import fact_book
 
 # %% auto #0
-__all__ = ['CACHE_ARG', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'PPO', 'logprobs_from_logits', 'masked_mean',
-           'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController', 'ppo_losses',
-           'PPOStageConfig', 'cpu_threads', 'kl_controller', 'check_ppo_supported', 'position_ids_from_mask',
-           'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden', 'Layout', 'SharedLayout',
-           'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'encode_queries', 'next_token',
-           'sample_responses', 'truncate_after_eos', 'decode_responses', 'length_micro_batches', 'rollout',
-           'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward', 'NonFiniteError', 'loss_scaler',
-           'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state', 'save_checkpoint', 'last_ppo_checkpoint',
-           'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'answer_and_score', 'heldout_kl', 'before_after',
-           'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo']
+__all__ = ['CACHE_ARG', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'PPO', 'PPO_FACT', 'logprobs_from_logits',
+           'masked_mean', 'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController',
+           'ppo_losses', 'PPOStageConfig', 'cpu_threads', 'kl_controller', 'check_ppo_supported',
+           'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden',
+           'Layout', 'SharedLayout', 'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'encode_queries',
+           'to_device', 'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses',
+           'length_micro_batches', 'rollout', 'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward',
+           'NonFiniteError', 'loss_scaler', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state',
+           'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records',
+           'answer_and_score', 'heldout_kl', 'before_after', 'reward_formula', 'ppo_report_markdown', 'plot_ppo_curves',
+           'train_ppo', 'PPOFactStageConfig', 'train_ppo_fact']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
 def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0, with_entropy:bool=False):
@@ -143,6 +145,9 @@ class PPOStageConfig:
     kl_target: float|None = 6.0  # target KL per response (nats) of the adaptive controller; None keeps beta fixed
     kl_horizon: int|None = None  # responses over which the controller corrects the KL error (None: a tenth of the run)
     missing_eos_penalty: float = 1.0  # subtracted from the (normalised) score of a response cut off without EOS
+    rm_weight: float = 1.0  # weight of the normalised RM score in a response's score
+    fact_weight: float = 0.0  # weight of the verifiable fact reward (`stats.fact_score`); 0: the RM alone (the default)
+    fact_penalty: float = 1.0  # the fact reward of an answer that says another entity's value of the attribute: -this
     value_init: str = 'zero'  # value head: 'zero' (outputs 0 at start) or 'rm' (the reward model's score weights)
     checkpoint_every: int = 10  # steps between checkpoints (resume after a disconnect)
     sample_every: int = 10  # steps between rows of the sample table
@@ -426,12 +431,16 @@ def left_pad(seqs:list[list[int]], pad_id:int, max_len:int|None=None) -> tuple[t
     return ids, mask
 
 def encode_queries(tok, records:list[PPORecord], run:Run) -> dict:
-    "Left-padded policy prompts (`query_ids`, `query_mask`: what SFT trained on) and reward-model prompts (`rm_ids`, `rm_mask`)."
+    "Left-padded policy prompts (`query_ids`, `query_mask`: what SFT trained on), RM prompts (`rm_*`), `facts` keys."
     enc = lambda msgs: tok(render_prompt(tok, msgs), add_special_tokens=False)['input_ids']
     P = run.preset.ppo.max_prompt_len
     q_ids, q_mask = left_pad([enc(sft_messages(r, run)) for r in records], tok.pad_token_id, P)
     r_ids, r_mask = left_pad([enc(rm_messages(r.prompt, run)) for r in records], tok.pad_token_id, P)
-    return dict(query_ids=q_ids, query_mask=q_mask, rm_ids=r_ids, rm_mask=r_mask)
+    return dict(query_ids=q_ids, query_mask=q_mask, rm_ids=r_ids, rm_mask=r_mask, facts=[r.facts for r in records])
+
+def to_device(batch:dict, device) -> dict:
+    "`batch` with its tensors on `device` (the fact keys stay a list)."
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 # %% ../nbs/05_ppo.ipynb #cd408f44
 def next_token(logits:torch.Tensor, temperature:float|None=None, top_p:float=1.0, generator=None) -> torch.Tensor:
@@ -516,19 +525,28 @@ def penalise_missing_eos(scores:torch.Tensor, ended:torch.Tensor, missing_eos_pe
 
 # %% ../nbs/05_ppo.ipynb #35ed4c5b
 @torch.no_grad()
-def score_responses(layout:Layout, tok, batch:dict, ro:dict, norm:dict, missing_eos_penalty:float, micro_batch_size:int,
-                    reward_fn=None) -> tuple[torch.Tensor, torch.Tensor]:
-    "(scores, raw) per response: the normalised RM score (or `reward_fn(text)`), through `penalise_missing_eos`."
-    resp, rmask = ro['responses'], ro['resp_mask']
+def score_responses(layout:Layout, tok, batch:dict, ro:dict, norm:dict, run:Run,
+                    reward_fn=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    "(scores, raw RM score, fact reward) per response; score: `rm_weight` x RM + `fact_weight` x fact - missing EOS."
+    cfg, resp, rmask = run.cfg('ppo'), ro['responses'], ro['resp_mask']
+    asked = batch.get('facts')  # each prompt's fact keys (`encode_queries`); a batch built by hand may have none
+    if asked is None and cfg.fact_weight: raise ValueError("fact_weight needs the prompts' fact keys: batch['facts']")
+    texts = decode_responses(tok, resp, rmask) if reward_fn is not None or asked is not None else None
     if reward_fn is not None:
-        raw = torch.tensor([float(reward_fn(t)) for t in decode_responses(tok, resp, rmask)])
+        raw = torch.tensor([float(reward_fn(t)) for t in texts])
         normed = raw
     else:
         ids = torch.cat([batch['rm_ids'], resp], 1)  # (B, P' + R): RM prompt + the policy's tokens
         mask = torch.cat([batch['rm_mask'], rmask], 1)
-        raw = torch.cat([layout.reward(ids[sl], mask[sl]).float().cpu() for sl in _chunks(len(ids), micro_batch_size)])
+        raw = torch.cat([layout.reward(ids[sl], mask[sl]).float().cpu()
+                         for sl in _chunks(len(ids), cfg.micro_batch_size)])  # (B,)
         normed = (raw - norm['mean']) / norm['std']
-    return penalise_missing_eos(normed, ro['ended'].cpu(), missing_eos_penalty), raw
+    book = fact_book(run.project.facts_file()) if asked is not None else None
+    fact = torch.zeros(len(resp)) if not book else torch.tensor(
+        [fact_score(t, keys, book, n, cfg.fact_penalty) for t, keys, n in zip(texts, asked, rmask.sum(1).tolist())])
+    scores = cfg.rm_weight * normed + cfg.fact_weight * fact
+    return penalise_missing_eos(scores, ro['ended'].cpu(), cfg.missing_eos_penalty), raw, fact
+
 
 # %% ../nbs/05_ppo.ipynb #2a22c4d0
 def lcs_len(a:str, b:str) -> int:
@@ -560,13 +578,13 @@ def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLControlle
     "One PPO step on `batch` (from `encode_queries`): rollout, scores, advantages, clipped updates. Returns (metrics, rollout)."
     scaler = scaler or loss_scaler(run)  # fp16: scales the loss; otherwise a pass-through
     cfg, shape, dev = run.cfg('ppo'), run.preset.ppo, next(layout.parameters()).device
-    batch = {k: v.to(dev) for k, v in batch.items()}
+    batch = to_device(batch, dev)
     # 1-2. rollout without gradients
     layout.eval()
     ro = rollout(layout, tok, batch, shape.max_new_tokens, cfg.temperature, cfg.micro_batch_size)
     resp, m = ro['responses'], ro['resp_mask'].float()  # (B, R)
     # 3. scores (B,)
-    scores, raw = score_responses(layout, tok, batch, ro, norm, cfg.missing_eos_penalty, cfg.micro_batch_size, reward_fn)
+    scores, raw, fact = score_responses(layout, tok, batch, ro, norm, run, reward_fn)
     scores = scores.to(dev)
     # 4. KL-penalised token rewards, GAE, whitened advantages (B, R)
     k1, k3 = kl_estimates(ro['logprobs'], ro['ref_logprobs'])
@@ -602,7 +620,8 @@ def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLControlle
     kl_ctl.update(kl.mean().item(), B)
     var_ret = masked_var(returns, m)
     mean = lambda k: float(np.mean([s[k] for s in stats]))
-    metrics = {'ppo/reward_raw': raw.mean().item(), 'ppo/reward': scores.mean().item(), 'ppo/kl': kl.mean().item(),
+    metrics = {'ppo/reward_raw': raw.mean().item(), 'ppo/reward': scores.mean().item(),
+               'ppo/reward_fact': fact.mean().item(), 'ppo/kl': kl.mean().item(),
                'ppo/kl_k3': (k3 * m).sum(1).mean().item(), 'ppo/kl_coef': kl_ctl_before,
                'ppo/non_score_reward': (-kl_ctl_before * kl).mean().item(),
                'ppo/entropy': masked_mean(ro['entropy'], m).item(), 'ppo/clipfrac': mean('clipfrac'),
@@ -616,7 +635,7 @@ def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLControlle
                'ppo/lr': sched.get_last_lr()[0]}
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad: raise NonFiniteError(f"non-finite metrics {bad}")
-    return metrics, dict(ro, scores=scores, raw=raw, advantages=adv, returns=returns)  # (B,) scores, (B, R) the rest
+    return metrics, dict(ro, scores=scores, raw=raw, fact=fact, advantages=adv, returns=returns)  # (B,) scores, (B, R)
 
 # %% ../nbs/05_ppo.ipynb #e0eba367
 def batch_indices(n:int, step:int, batch_size:int, seed:int) -> tuple[list[int], int]:
@@ -704,12 +723,12 @@ def answer_and_score(layout:Layout, tok, records:list[PPORecord], run:Run, norm:
     layout.eval(); set_seed(cfg.seed)
     for sl in _chunks(len(records), batch_size):
         recs = records[sl]
-        batch = {k: v.to(dev) for k, v in encode_queries(tok, recs, run).items()}
+        batch = to_device(encode_queries(tok, recs, run), dev)
         gen = layout.generate(batch['query_ids'], batch['query_mask'], scfg.max_new_tokens, tok.eos_token_id, tok.pad_token_id,
                               temperature, reference)
         resp, rmask, ended = truncate_after_eos(gen, tok.eos_token_id, tok.pad_token_id)
         ro = dict(responses=resp, resp_mask=rmask, ended=ended)
-        scores, raw = score_responses(layout, tok, batch, ro, norm, cfg.missing_eos_penalty, cfg.micro_batch_size, reward_fn)
+        scores, raw, _ = score_responses(layout, tok, batch, ro, norm, run, reward_fn)
         for r, text, e, s_, w, n in zip(recs, decode_responses(tok, resp, rmask), ended.tolist(), scores.tolist(), raw.tolist(),
                                          rmask.sum(1).tolist()):
             out.append(dict(prompt=r.prompt, kind=r.kind, facts=r.facts, answer=text, ended=e, score=s_, raw=w, tokens=n))
@@ -722,18 +741,14 @@ def heldout_kl(layout:Layout, tok, records:list[PPORecord], run:Run) -> list[flo
     layout.eval()
     for sl in _chunks(len(records), shape.batch_size):
         batch = encode_queries(tok, records[sl], run)
-        ro = rollout(layout, tok, {k: v.to(dev) for k, v in batch.items()}, shape.max_new_tokens, cfg.temperature,
-                     cfg.micro_batch_size)
+        ro = rollout(layout, tok, to_device(batch, dev), shape.max_new_tokens, cfg.temperature, cfg.micro_batch_size)
         kls += ((ro['logprobs'] - ro['ref_logprobs']) * ro['resp_mask']).sum(1).tolist()
     return kls
 
 # %% ../nbs/05_ppo.ipynb #8a1149c9
 def before_after(layout:Layout, tok, records:list[PPORecord], run:Run, norm:dict, reward_fn=None) -> tuple[list[dict], dict]:
     "(rows, metrics): SFT vs PPO on held-out `records` — sampled: reward, win rate, factual accuracy; greedy: EOS rate, reward; KL."
-    from dnf_rlhf.lore import load_facts
-    from dnf_rlhf.demo_data import fact_key
-    cfg = run.cfg('ppo')
-    facts = {fact_key(f): f for f in load_facts(run.project.facts_file())}
+    cfg, facts = run.cfg('ppo'), fact_book(run.project.facts_file())
     acc = lambda a: fact_accuracy(a['answer'], a['facts'], facts, a['tokens']) if a['facts'] else None
     ans = {(who, mode): answer_and_score(layout, tok, records, run, norm, reference=who == 'sft',
                                          temperature=cfg.temperature if mode == 'sampled' else None, reward_fn=reward_fn)
@@ -770,13 +785,18 @@ def before_after(layout:Layout, tok, records:list[PPORecord], run:Run, norm:dict
 # %% ../nbs/05_ppo.ipynb #67258e82
 def _cell(t:str, n:int=120) -> str: return (t[:n] + '…' if len(t) > n else t).replace('|', '\\|').replace('\n', ' ')
 
+def reward_formula(cfg:PPOStageConfig) -> str:
+    "What a response's score is made of, in words: the RM alone, or the weighted sum with the fact reward."
+    if not cfg.fact_weight: return 'normalised RM score'
+    return f"{cfg.rm_weight:g} × normalised RM score + {cfg.fact_weight:g} × fact reward (stats.fact_score)"
+
 def ppo_report_markdown(rows:list[dict], m:dict, run:Run, max_rows:int=24) -> str:
     "The before/after report as Markdown."
     preset, cfg = run.preset, run.cfg('ppo')
     f = lambda k: f"{m[k]:.3f} ± {m[k + '_se']:.3f}"
     lines = [f"# PPO 전후 비교 (before/after) — preset `{preset.name}`, layout `{cfg.layout}`", '',
              f"{m['ppo_eval/prompts']} held-out prompts; answers sampled at temperature {cfg.temperature} (seed {cfg.seed}) "
-             f"unless marked greedy; reward = normalised RM score, minus {cfg.missing_eos_penalty} without EOS; "
+             f"unless marked greedy; reward = {reward_formula(cfg)}, minus {cfg.missing_eos_penalty} without EOS; "
              "mean ± standard error.", '',
              '| | SFT | PPO |', '|---|---:|---:|',
              f"| reward | {f('ppo_eval/reward_sft')} | {f('ppo_eval/reward_ppo')} |",
@@ -812,13 +832,14 @@ def plot_ppo_curves(history:list[dict], cfg:PPOStageConfig, path):
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 # %% ../nbs/05_ppo.ipynb #27d506bd
-def train_ppo(out, run:Run, reward_fn=None, callbacks=()) -> dict:
+def train_ppo(out, run:Run, reward_fn=None, callbacks=(),
+              name:str='ppo') -> dict:  # the stage it trains (its manifest, its metrics' namespace): ppo or a variant
     "PPO of the run's SFT policy against its reward model (or `reward_fn(text) -> float`) into `out`; resumes from a checkpoint."
     check_ppo_supported(run)
     with cpu_threads(run.cfg('ppo').cpu_threads if run.policy.device == 'cpu' else None):
-        return _train_ppo(Path(out), run, reward_fn, callbacks)
+        return _train_ppo(Path(out), run, reward_fn, callbacks, name)
 
-def _train_ppo(out, run, reward_fn, callbacks) -> dict:
+def _train_ppo(out, run, reward_fn, callbacks, name) -> dict:
     "The body of `train_ppo` (under its CPU thread setting)."
     cfg, shape = run.cfg('ppo'), run.preset.ppo
     out.mkdir(parents=True, exist_ok=True)
@@ -866,10 +887,12 @@ def _train_ppo(out, run, reward_fn, callbacks) -> dict:
                'ppo/resumed_at': start, 'ppo/seconds': time.time() - t0, **ev,
                'ppo/nf4_layers': sum(type(m).__name__ == 'Linear4bit' for m in layout.modules()),  # what really ran
                'ppo/gradient_checkpointing': any(getattr(m, 'gradient_checkpointing', False) is True for m in layout.modules())}
+    if name != 'ppo': metrics = {name + k[3:] if k.startswith('ppo') else k: v for k, v in metrics.items()}  # ppo_fact/
     write_metrics(out, metrics)
-    run.manifest(out, 'ppo', adapters={n: dict(path=str(d), sha256=file_hash(d)) for n, d in
+    run.manifest(out, name, adapters={n: dict(path=str(d), sha256=file_hash(d)) for n, d in
                                        (('sft', run.artifact('sft')/'adapter'), ('rm', run.artifact('rm')/'adapter'))},
-                 reward='reward_fn' if reward_fn else 'rm', reward_norm=norm)
+                 reward='reward_fn' if reward_fn else 'rm', reward_norm=norm,
+                 reward_weights=dict(rm=cfg.rm_weight, fact=cfg.fact_weight))
     for old in out.glob(f'{CHECKPOINT_PREFIX}*'): shutil.rmtree(old)
     return metrics
 
@@ -877,3 +900,23 @@ def _train_ppo(out, run, reward_fn, callbacks) -> dict:
 PPO = register(Stage('ppo', '05_ppo.ipynb', train_ppo, PPOStageConfig, needs=('sft', 'rm'),
                      inputs=('ppo_train.jsonl', 'ppo_test.jsonl'), code=('ppo.py', 'stats.py'), cached=True,
                      chat_model=True, check=check_ppo_supported, help='PPO on one shared base + the before/after report'))
+
+# %% ../nbs/05_ppo.ipynb #f1ea288d
+@dataclass(frozen=True)
+class PPOFactStageConfig(PPOStageConfig):
+    "PPO's settings (its `SIZES` and `--set` values come first), with the fact reward on."
+    fact_weight: float = 1.0  # weight of the verifiable fact reward beside the RM's (`rm_weight`, 1)
+
+
+# %% ../nbs/05_ppo.ipynb #0b801940
+def train_ppo_fact(out, run:Run) -> dict:
+    "PPO whose score adds the fact reward to the RM's (the `ppo_fact` settings) into `out`; metrics under `ppo_fact/`."
+    return train_ppo(out, run.as_variant('ppo_fact'), name='ppo_fact')
+
+
+# %% ../nbs/05_ppo.ipynb #2a429361
+PPO_FACT = register(Stage('ppo_fact', '05_ppo.ipynb', train_ppo_fact, PPOFactStageConfig, variant_of='ppo',
+                          needs=('sft', 'rm'), inputs=('ppo_train.jsonl', 'ppo_test.jsonl'),
+                          code=('ppo.py', 'stats.py'), cached=True, chat_model=True, optional=True,
+                          check=check_ppo_supported, help="PPO, the fact reward added to the RM's (opt-in)"))
+

@@ -175,14 +175,13 @@ def _plot_hist(rc, rr, path):
 # %% ../nbs/04_reward_model.ipynb #dece936d
 def reward_normalisation(model, tok, run:Run) -> dict:
     "Mean and std of the RM scores of PPO's first rollouts: the SFT policy sampled and scored as PPO does it."
-    from dnf_rlhf.ppo import encode_queries, sample_responses, truncate_after_eos  # ppo imports this module
+    from dnf_rlhf.ppo import encode_queries, to_device, sample_responses, truncate_after_eos  # ppo imports this module
     sft_model, stok = load_chat(run, 'sft')
     lm, shape, cfg = sft_model.get_base_model(), run.preset.ppo, run.cfg('rm')
     recs = read_jsonl(run.project.datasets_path()/'ppo_train.jsonl', PPORecord)[:cfg.norm_samples]
     set_seed(cfg.seed); seqs = []
     for i in range(0, len(recs), shape.batch_size):  # PPO's batches, so the same random draws as its rollouts
-        b = encode_queries(stok, recs[i:i + shape.batch_size], run)
-        b = {k: v.to(lm.device) for k, v in b.items()}
+        b = to_device(encode_queries(stok, recs[i:i + shape.batch_size], run), lm.device)
         gen = sample_responses(lm, b['query_ids'], b['query_mask'], shape.max_new_tokens, stok.eos_token_id,
                                stok.pad_token_id, run.cfg('ppo').temperature)
         resp, rmask, _ = truncate_after_eos(gen, stok.eos_token_id, stok.pad_token_id)

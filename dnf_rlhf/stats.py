@@ -13,7 +13,7 @@ import numpy as np
 
 # %% auto #0
 __all__ = ['MAX_ANSWER_TOKENS', 'mean_se', 'win_rate', 'length_baseline', 'bow_baseline', 'normalise', 'says', 'states_fact',
-           'rival_values', 'fact_accuracy', 'fact_reward', 'top_answer_share']
+           'rival_values', 'fact_accuracy', 'fact_reward', 'fact_score', 'top_answer_share']
 
 # %% ../nbs/92_stats.ipynb #6b0b8cbc
 def mean_se(xs) -> tuple[float, float]:
@@ -92,6 +92,14 @@ def fact_reward(text:str, f, rivals:Iterable[str]=(), n_tokens:int=0, penalty:fl
     "+1 when `text` states fact `f` (`states_fact`), -`penalty` when it says a rival value (a contradiction), else 0."
     if says(text, f, rivals)[1]: return -penalty
     return 1.0 if states_fact(text, f, rivals, n_tokens) else 0.0
+
+
+# %% ../nbs/92_stats.ipynb #ca00c6c2
+def fact_score(text:str, keys:list[str], facts_by_key:dict, n_tokens:int=0, penalty:float=1.0) -> float:
+    "The mean `fact_reward` of `text` over the facts `keys` ('doc_id:attribute'); 0.0 when a prompt asks none."
+    if not keys: return 0.0
+    f = facts_by_key
+    return float(np.mean([fact_reward(text, f[k], rival_values(f[k], f.values()), n_tokens, penalty) for k in keys]))
 
 
 # %% ../nbs/92_stats.ipynb #30456587

@@ -1,30 +1,40 @@
-"GRPO (05c) and RLOO (05d): opt-in stages of `dnf-rlhf run`, on PPO's prompts with the RM and the fact reward."
+"GRPO (05c), RLOO (05d) and PPO with the fact reward (05): opt-in stages of `dnf-rlhf run`, on PPO's prompts."
 import json, math
 from dataclasses import replace
 from conftest import cli
 from test_sft_rm import TrainableDtypes
-from dnf_rlhf.core import Run, get_preset, load_json, save_json, stale_reasons
+from dnf_rlhf.core import Run, get_preset, load_json, save_json, stale_reasons, stale_stages
 from dnf_rlhf.grpo import train_grpo
 
-def test_run_with_grpo_and_rloo(tmp_path, test_env, monkeypatch):
-    "`--with grpo rloo`: both train before evaluation, which compares them with SFT and PPO; a new opt-in: stale."
-    out = tmp_path/'run'
-    r = cli('run', '--preset', 'tiny', '--out', str(out), '--stages', 'lore', 'eval', '--with', 'grpo', 'rloo',
-            env=test_env, timeout=1500)
+def test_run_with_the_opt_in_methods(tmp_path, test_env, monkeypatch):
+    "`--with ppo_fact grpo rloo`: they train before evaluation, which compares them with SFT and PPO; new ones: stale."
+    out, methods = tmp_path/'run', ('ppo', 'ppo_fact', 'grpo', 'rloo')
+    r = cli('run', '--preset', 'tiny', '--out', str(out), '--stages', 'lore', 'eval',
+            '--with', 'ppo_fact', 'grpo', 'rloo', env=test_env, timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out/'report.json').read_text())
-    assert [s['stage'] for s in rep['stages']] == ['lore', 'grpo', 'rloo', 'eval']
+    assert [s['stage'] for s in rep['stages']] == ['lore', 'ppo_fact', 'grpo', 'rloo', 'eval']
     md, ev = (out/'report.md').read_text(), load_json(out/'eval'/'metrics.json')
-    assert '방법 비교' in md and all(f'| {m} |' in md for m in ('sft', 'ppo', 'grpo', 'rloo'))
-    assert ev['eval/sft/kl_sft'] == 0.0 and all(math.isfinite(ev[f'eval/{m}/kl_sft']) for m in ('ppo', 'grpo', 'rloo'))
+    assert '방법 비교' in md and all(f'| {m} |' in md for m in ('sft', *methods))
+    assert ev['eval/sft/kl_sft'] == 0.0 and all(math.isfinite(ev[f'eval/{m}/kl_sft']) for m in methods)
     assert load_json(out/'eval'/'resources.json')['peak_memory_mb'] > 0  # what building a stage cost, for the table
     man = load_json(out/'eval'/'manifest.json')
-    assert man['compared'] == ['sft', 'ppo', 'grpo', 'rloo']
+    assert man['compared'] == ['sft', *methods]
     monkeypatch.setenv('DNF_RLHF_TEST', '1')
     run = Run(get_preset('tiny'), dir=out)
     assert stale_reasons(run, 'eval') == []
     save_json(out/'eval'/'manifest.json', {**man, 'compared': ['sft', 'ppo', 'grpo']})  # as if rloo came later
-    assert stale_reasons(run, 'eval') == ['compared models changed (grpo, ppo, sft -> grpo, ppo, rloo, sft)']
+    assert stale_reasons(run, 'eval') == ['compared models changed (grpo, ppo, sft -> grpo, ppo, ppo_fact, rloo, sft)']
+    save_json(out/'eval'/'manifest.json', man)
+    rl = load_json(out/'rloo'/'manifest.json')  # an opt-in model rebuilt with other settings: evaluation goes with it
+    save_json(out/'rloo'/'manifest.json', {**rl, 'config': {**rl['config'], 'max_steps': 1}})
+    assert stale_stages(run, ['rloo', 'eval'])['eval'] == 'built on stale rloo'
+    pf, ppo = load_json(out/'ppo_fact'/'metrics.json'), load_json(run.artifact('ppo')/'metrics.json')  # from the cache
+    assert pf['ppo_fact/steps'] == ppo['ppo/steps'] == run.cfg('ppo').steps and 'ppo/steps' not in pf  # own namespace
+    assert load_json(out/'ppo_fact'/'manifest.json')['reward_weights'] == {'rm': 1.0, 'fact': 1.0}
+    assert load_json(run.artifact('ppo')/'manifest.json')['reward_weights'] == {'rm': 1.0, 'fact': 0.0}
+    hist = load_json(out/'ppo_fact'/'history.json')  # the fact reward was there to learn from: the score moved with it
+    assert all(-1.0 <= h['ppo/reward_fact'] <= 1.0 for h in hist) and any(h['ppo/reward_fact'] != 0 for h in hist)
     for name in ('grpo', 'rloo'):
         m = load_json(out/name/'metrics.json')
         assert m[f'{name}/steps'] == 4 and m[f'{name}/a/questions'] > 0 and m[f'{name}/train/questions'] > 0
