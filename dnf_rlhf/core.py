@@ -15,16 +15,16 @@ from typing import Any, Callable
 
 # %% auto #0
 __all__ = ['BASE_MODELS', 'PRESETS', 'SIZES', 'EXPECTED', 'CPU_SUBSTITUTES', 'PACKAGES', 'DNF_PERSONA', 'PROJECT_PATHS',
-           'PROJECT_TEXT', 'MANIFEST', 'METRICS', 'RESOURCES', 'BASE_ONLY', 'STAGES', 'in_test', 'UserError',
-           'ArgParser', 'user_errors', 'cli_main', 'package_dir', 'data_dir', 'cache_root', 'runs_root', 'BaseModel',
-           'TrainShape', 'RolloutShape', 'Preset', 'get_preset', 'add_preset_args', 'preset_from_args', 'Hardware',
-           'Policy', 'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config', 'probe_hardware',
-           'package_versions', 'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path', 'save_json', 'load_json',
-           'file_hash', 'code_hash', 'config_hash', 'git_commit', 'write_manifest', 'write_metrics', 'stage_done',
-           'measure_stage', 'stage_output', 'Stage', 'register', 'get_stage', 'chat_stages', 'compared_models',
-           'MissingArtifactError', 'cached_build', 'parse_overrides', 'Run', 'run_stage', 'stage_table',
-           'stale_reasons', 'built_on', 'stale_stages', 'add_run_args', 'folder_path', 'run_from_args', 'notebook_run',
-           'quality_check', 'set_seed']
+           'PROJECT_TEXT', 'MANIFEST', 'METRICS', 'RESOURCES', 'BASE_ONLY', 'STAGES', 'COMPLETE', 'in_test',
+           'UserError', 'ArgParser', 'user_errors', 'cli_main', 'package_dir', 'data_dir', 'cache_root', 'runs_root',
+           'BaseModel', 'TrainShape', 'RolloutShape', 'Preset', 'get_preset', 'add_preset_args', 'preset_from_args',
+           'Hardware', 'Policy', 'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config',
+           'probe_hardware', 'package_versions', 'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path',
+           'save_json', 'load_json', 'file_hash', 'code_hash', 'config_hash', 'git_commit', 'write_manifest',
+           'write_metrics', 'stage_done', 'measure_stage', 'stage_output', 'Stage', 'register', 'get_stage',
+           'chat_stages', 'compared_models', 'MissingArtifactError', 'cache_folder', 'cached_build', 'parse_overrides',
+           'Run', 'run_stage', 'stage_table', 'stale_reasons', 'built_on', 'stale_stages', 'add_run_args',
+           'folder_path', 'run_from_args', 'notebook_run', 'quality_check', 'set_seed']
 
 # %% ../nbs/91_core.ipynb #ed0ff524
 def in_test() -> bool:
@@ -584,18 +584,24 @@ class MissingArtifactError(FileNotFoundError):
     "An upstream stage's artifact is missing on a preset that must not rebuild it silently."
 
 # %% ../nbs/91_core.ipynb #2fabddbd
+COMPLETE = '.complete'  # written last into a cache folder: its build finished
+
+def cache_folder(stage:str, key:str, root=None) -> Path:
+    "Where the cache keeps stage `stage` built with `key`: `root/<stage>-<key>` (root: `cache_root()`)."
+    return Path(root or cache_root())/f'{stage}-{key}'
+
 def cached_build(stage:str, key:str, build:Callable[[Path], Any], root=None) -> Path:
-    "Return `root/<stage>-<key>`, building it once with `build(tmp_dir)` under a file lock."
+    "Return `cache_folder(stage, key, root)`, building it once with `build(tmp_dir)` under a file lock."
     from filelock import FileLock
-    root = Path(root or cache_root()); root.mkdir(parents=True, exist_ok=True)
-    final = root/f'{stage}-{key}'
+    final = cache_folder(stage, key, root); final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + '.lock'):
-        if (final/'.complete').exists(): return final
+        if (final/COMPLETE).exists(): return final
         with atomic_path(final, folder=True) as tmp:
             import torch  # asked for from inside another stage's no-grad code (e.g. the RM's normalisation), it still trains
             with torch.enable_grad(), measure_stage(tmp): build(tmp)
-            (tmp/'.complete').write_text(time.strftime('%Y-%m-%dT%H:%M:%S'))
+            (tmp/COMPLETE).write_text(time.strftime('%Y-%m-%dT%H:%M:%S'))
     return final
+
 
 # %% ../nbs/91_core.ipynb #bc037a4b
 def parse_overrides(items:list[str]) -> dict:
@@ -684,7 +690,7 @@ class Run:
         "Whether stage `name`'s artifact exists, never building it: in the run folder, or (no folder, tiny) the cache."
         if self.dir is not None: return stage_done(self.dir/name)
         st = get_stage(name)
-        return self.preset.is_tiny and st.cached and (cache_root()/f'{name}-{self.key(name)}'/'.complete').exists()
+        return self.preset.is_tiny and st.cached and (cache_folder(name, self.key(name))/COMPLETE).exists()
 
     def announce(self, name:str):
         "Say that stage `name` is being built now, and how long that takes on this preset (`EXPECTED`)."
@@ -706,7 +712,7 @@ def run_stage(run:Run, name:str) -> dict:
     if run.preset.is_tiny and st.cached:
         src = run.cached().artifact(name)
         with stage_output(run.dir, name) as out:
-            shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns('.complete'))
+            shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(COMPLETE))
         return load_json(run.dir/name/METRICS)
     with stage_output(run.dir, name) as out, measure_stage(out): return st.train(out, run)
 

@@ -205,7 +205,7 @@ def run_judge(records:list[PPORecord], texts:dict[str, list[str]], cfg:EvalStage
 def kl_to_sft(run:Run, name:str, records:list[PPORecord], batch_size:int=16) -> list[float]:
     "KL(`name` ‖ SFT) per prompt: k1 summed over one answer sampled from `name` at PPO's temperature (05's estimate)."
     import torch
-    from dnf_rlhf.ppo import encode_queries, sample_responses, truncate_after_eos, _response_logprobs
+    from dnf_rlhf.ppo import encode_queries, sample_responses, truncate_after_eos, response_logprobs
     model, tok = load_chat(run, name)
     model.load_adapter(str(run.artifact('sft')/'adapter'), adapter_name='sft_ref')  # SFT beside it, on the same base
     lm, T, R = model.get_base_model(), run.cfg('ppo').temperature, run.preset.ppo.max_new_tokens
@@ -221,7 +221,7 @@ def kl_to_sft(run:Run, name:str, records:list[PPORecord], batch_size:int=16) -> 
             logps = {}
             for adapter in ('default', 'sft_ref'):
                 model.set_adapter(adapter)
-                logps[adapter] = _response_logprobs(lm, full, fmask, resp.shape[1], T)[1]['logprobs']  # (B, R')
+                logps[adapter] = response_logprobs(lm, full, fmask, resp.shape[1], T)[1]['logprobs']  # (B, R')
             kls += ((logps['default'] - logps['sft_ref']) * rmask).sum(1).tolist()
     del model
     return kls

@@ -7,7 +7,7 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/models.html.md"""
 
 # %% ../nbs/94_models.ipynb #98530bd8
 from __future__ import annotations
-import warnings
+import os, warnings
 from dataclasses import replace
 from pathlib import Path
 from .core import *
@@ -16,8 +16,8 @@ from .tinybase import TinyBaseConfig, train_tokenizer, ensure_pad_token
 from .chat import prepare_tokenizer
 
 # %% auto #0
-__all__ = ['LORA_TARGETS', 'LLAMA3_STYLE_TEMPLATE', 'STANDINS', 'STANDIN_SIZES', 'base_source', 'lora_targets', 'load_pretrained',
-           'load_chat', 'standin_base']
+__all__ = ['LORA_TARGETS', 'LLAMA3_STYLE_TEMPLATE', 'STANDINS', 'STANDIN_SIZES', 'base_source', 'lora_targets', 'cuda_device',
+           'load_pretrained', 'load_chat', 'standin_base']
 
 # %% ../nbs/94_models.ipynb #92ed03f4
 def base_source(run:Run) -> tuple[str, dict]:
@@ -46,6 +46,12 @@ def lora_targets(model) -> list[str]:
     warnings.warn(f"model_type {mt!r} is not in LORA_TARGETS: LoRA on every linear projection found by name {found}")
     return found
 
+# %% ../nbs/94_models.ipynb #964eae69
+def cuda_device() -> str:
+    "This process's GPU: `cuda:<LOCAL_RANK>`, one per process under `torchrun` or `accelerate launch` (`cuda:0` alone)."
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
 # %% ../nbs/94_models.ipynb #0f959b69
 def load_pretrained(run:Run, head:str='causal', adapter=None, source=None, policy:Policy|None=None) -> tuple:
     "(model, tokenizer, info): the run's base (or the model folder `source`) as a causal LM or a 1-label scorer, quantized and placed by the run's policy (or `policy`), with a LoRA `adapter` if given."
@@ -55,7 +61,7 @@ def load_pretrained(run:Run, head:str='causal', adapter=None, source=None, polic
     src, kw = (str(source), {}) if source is not None else base_source(run)
     auto, extra = (AutoModelForCausalLM, {}) if head == 'causal' else (AutoModelForSequenceClassification, dict(num_labels=1))
     model = auto.from_pretrained(src, dtype=torch_dtype(policy), quantization_config=quantization_config(policy),
-                                 device_map={'': policy.device} if policy.device == 'cuda' else None, **extra, **kw)
+                                 device_map={'': cuda_device()} if policy.device == 'cuda' else None, **extra, **kw)
     if policy.device == 'xla':
         import torch_xla.core.xla_model as xm
         model = model.to(xm.xla_device())

@@ -31,8 +31,8 @@ __all__ = ['CACHE_ARG', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX'
            'masked_mean', 'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController',
            'ppo_losses', 'PPOStageConfig', 'cpu_threads', 'kl_controller', 'check_ppo_supported',
            'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden',
-           'Layout', 'SharedLayout', 'SeparateLayout', 'build_layout', 'load_layout', 'left_pad', 'encode_queries',
-           'to_device', 'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses',
+           'Layout', 'response_logprobs', 'SharedLayout', 'SeparateLayout', 'build_layout', 'load_layout', 'left_pad',
+           'encode_queries', 'to_device', 'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses',
            'length_micro_batches', 'rollout', 'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward',
            'NonFiniteError', 'loss_scaler', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state',
            'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records',
@@ -254,7 +254,8 @@ class Layout(nn.Module):
         with torch.no_grad():
             for n, p in params.items(): p.copy_(state[n])
 
-def _response_logprobs(lm, input_ids, mask, n_resp:int, temperature:float, entropy:bool=False) -> tuple[torch.Tensor, dict]:
+def response_logprobs(lm, input_ids, mask, n_resp:int, temperature:float,
+                      entropy:bool=False) -> tuple[torch.Tensor, dict]:
     "(h, out): hidden states (B, R, H) that predict the last `n_resp` tokens, and their `logprobs` (+ `entropy`), (B, R), 0 at padding."
     h = backbone_hidden(lm, input_ids, mask, last=n_resp + 1)[:, :-1]  # (B, R, H): the output at t-1 predicts token t
     tokens, real = input_ids[:, -n_resp:], mask[:, -n_resp:].bool()  # (B, R)
@@ -290,13 +291,13 @@ class SharedLayout(Layout):
 
     def policy_forward(self, input_ids, mask, n_resp, temperature, entropy=False):
         self._use('policy')
-        h, out = _response_logprobs(self.lm, input_ids, mask, n_resp, temperature, entropy)
+        h, out = response_logprobs(self.lm, input_ids, mask, n_resp, temperature, entropy)
         return dict(out, values=self.value_head(h.float()).squeeze(-1))  # values (B, R)
 
     @torch.no_grad()
     def ref_logprobs(self, input_ids, mask, n_resp, temperature):
         self._use('ref')
-        return _response_logprobs(self.lm, input_ids, mask, n_resp, temperature)[1]['logprobs']
+        return response_logprobs(self.lm, input_ids, mask, n_resp, temperature)[1]['logprobs']
 
     @torch.no_grad()
     def reward(self, input_ids, mask):
@@ -326,13 +327,13 @@ class SeparateLayout(Layout):
         return sample_responses(lm, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature)
 
     def policy_forward(self, input_ids, mask, n_resp, temperature, entropy=False):
-        _, out = _response_logprobs(self.policy.get_base_model(), input_ids, mask, n_resp, temperature, entropy)
+        _, out = response_logprobs(self.policy.get_base_model(), input_ids, mask, n_resp, temperature, entropy)
         h = backbone_hidden(self.value_model, input_ids, mask, last=n_resp + 1)[:, :-1]  # (B, R, H)
         return dict(out, values=self.value_model.score(h).float().squeeze(-1))  # values (B, R)
 
     @torch.no_grad()
     def ref_logprobs(self, input_ids, mask, n_resp, temperature):
-        return _response_logprobs(self.ref.get_base_model(), input_ids, mask, n_resp, temperature)[1]['logprobs']
+        return response_logprobs(self.ref.get_base_model(), input_ids, mask, n_resp, temperature)[1]['logprobs']
 
     @torch.no_grad()
     def reward(self, input_ids, mask):
