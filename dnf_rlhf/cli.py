@@ -143,7 +143,8 @@ def dispatch(argv:list[str]) -> int:
                                   + '; '.join(f"{n} ({w})" for n, w in stale.items())
                                   + ". Rebuild them with `dnf-rlhf run --rebuild`, or use a new --out")
         m = run_stage(run, a.cmd)
-        print(json.dumps(m, ensure_ascii=False, indent=1, default=str)); return 0
+        if is_main_process(): print(json.dumps(m, ensure_ascii=False, indent=1, default=str))
+        return 0
     rep = run_pipeline(run, a.stages, rebuild=a.rebuild, extra=tuple(a.extra))
     print(f"wrote {run.dir/'report.md'} ({len(rep['stages'])} stages, {rep['total_seconds']:.0f} s of stages, "
           f"{rep['run_seconds']:.0f} s now)")

@@ -20,11 +20,12 @@ __all__ = ['BASE_MODELS', 'PRESETS', 'SIZES', 'EXPECTED', 'CPU_SUBSTITUTES', 'PA
            'BaseModel', 'TrainShape', 'RolloutShape', 'Preset', 'get_preset', 'add_preset_args', 'preset_from_args',
            'Hardware', 'Policy', 'device_policy', 'suggest_preset', 'torch_dtype', 'quantization_config',
            'probe_hardware', 'package_versions', 'four_bit_usable', 'doctor', 'ProjectConfig', 'atomic_path',
-           'save_json', 'load_json', 'file_hash', 'code_hash', 'config_hash', 'git_commit', 'write_manifest',
-           'write_metrics', 'stage_done', 'measure_stage', 'stage_output', 'Stage', 'register', 'get_stage',
-           'chat_stages', 'compared_models', 'MissingArtifactError', 'cache_folder', 'cached_build', 'parse_overrides',
-           'Run', 'run_stage', 'stage_table', 'stale_reasons', 'built_on', 'stale_stages', 'add_run_args',
-           'folder_path', 'run_from_args', 'notebook_run', 'quality_check', 'set_seed']
+           'save_json', 'load_json', 'file_hash', 'code_hash', 'config_hash', 'git_commit', 'rank_world',
+           'is_main_process', 'join_processes', 'wait_for_everyone', 'all_sum', 'write_manifest', 'write_metrics',
+           'stage_done', 'measure_stage', 'stage_output', 'Stage', 'register', 'get_stage', 'chat_stages',
+           'compared_models', 'MissingArtifactError', 'cache_folder', 'cached_build', 'parse_overrides', 'Run',
+           'run_stage', 'stage_table', 'stale_reasons', 'built_on', 'stale_stages', 'add_run_args', 'folder_path',
+           'run_from_args', 'notebook_run', 'quality_check', 'set_seed']
 
 # %% ../nbs/91_core.ipynb #ed0ff524
 def in_test() -> bool:
@@ -489,6 +490,36 @@ def git_commit(path='.') -> str|None:
         return c.stdout.strip() + ('+dirty' if d.stdout.strip() else '')
     except Exception: return None
 
+# %% ../nbs/91_core.ipynb #462cafe4
+def rank_world() -> tuple[int, int]:
+    "(rank of this process, number of processes): torch.distributed's once it runs, else `torchrun`'s; (0, 1) alone."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+
+def is_main_process() -> bool:
+    "Whether this process writes what every process computed (rank 0; always, alone)."
+    return rank_world()[0] == 0
+
+def join_processes(cpu:bool):
+    "Start the process group `torchrun`/`accelerate launch` set up, through accelerate (gloo on CPUs, NCCL on GPUs)."
+    if rank_world()[1] > 1:
+        from accelerate import PartialState
+        PartialState(cpu=cpu)
+
+def wait_for_everyone():
+    "A barrier across the processes (nothing when alone)."
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1: dist.barrier()
+
+def all_sum(t):
+    "The tensor `t` summed over the processes (a copy; `t` itself when alone): statistics that must be global."
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1): return t
+    t = t.clone(); dist.all_reduce(t)
+    return t
+
+
 # %% ../nbs/91_core.ipynb #fa4a2406
 def write_manifest(out, stage:str, preset:Preset, config=None, inputs:dict|None=None, **extra) -> dict:
     "Write `out/manifest.json`: stage, preset, config, package versions, git commit and input hashes."
@@ -526,17 +557,22 @@ def measure_stage(out):
         kb = int(re.search(r'VmHWM:\s+(\d+)', status.read_text()).group(1)) if status.exists() else \
              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         peak, kind = kb / 1024, f'peak RSS of the process during the {since}'
-    save_json(Path(out)/RESOURCES, dict(seconds=round(time.time() - t0, 2), peak_memory_mb=round(peak, 1), memory=kind))
+    if is_main_process():
+        save_json(Path(out)/RESOURCES, dict(seconds=round(time.time() - t0, 2), peak_memory_mb=round(peak, 1),
+                                            memory=kind))
 
 @contextmanager
 def stage_output(run_dir, stage:str):
-    "Yield `run_dir/<stage>.partial`; on success move it to `run_dir/<stage>` (replacing an older one)."
+    "Yield `run_dir/<stage>.partial`; on success the main process moves it to `run_dir/<stage>` (replacing one)."
     final, part = Path(run_dir)/stage, Path(run_dir)/f'{stage}.partial'
     part.mkdir(parents=True, exist_ok=True)  # kept between attempts: resume from its checkpoints
     yield part
-    if not stage_done(part): raise RuntimeError(f"stage {stage!r} finished without writing {MANIFEST} in {part}")
-    if final.exists(): shutil.rmtree(final)
-    os.replace(part, final)
+    wait_for_everyone()  # several processes: all have finished with the folder
+    if is_main_process():
+        if not stage_done(part): raise RuntimeError(f"stage {stage!r} finished without writing {MANIFEST} in {part}")
+        if final.exists(): shutil.rmtree(final)
+        os.replace(part, final)
+    wait_for_everyone()
 
 # %% ../nbs/91_core.ipynb #6c7aa9b8
 BASE_ONLY = ('quantization',)  # preset fields only a stage that loads the base depends on (its key and staleness)
@@ -705,11 +741,16 @@ class Run:
 
 # %% ../nbs/91_core.ipynb #7ca17974
 def run_stage(run:Run, name:str) -> dict:
-    "Stage `name` into `run.dir/<name>`: on tiny presets a copy of its cached artifact, otherwise trained in the run folder."
+    "Stage `name` into `run.dir/<name>`: tiny presets copy their cached artifact; others (or many processes) train it."
     st = get_stage(name)
     if st.check: st.check(run)  # e.g. PPO on a TPU: said before anything loads
+    if (world := rank_world()[1]) > 1:  # several processes train this stage together; what it needs is built already
+        if missing := [n for n in st.needs if not (run.has(n) or run.cached().has(n))]:
+            raise UserError(f"{name} on {world} processes needs {missing} built first: `dnf-rlhf {missing[0]} "
+                            f"--out {run.dir}` (alone or with the same launcher)")
+        join_processes(cpu=run.policy.device == 'cpu')
     for n in st.needs: run.artifact(n)  # a GPU preset stops here, naming the notebook to run first
-    if run.preset.is_tiny and st.cached:
+    if run.preset.is_tiny and st.cached and world == 1:
         src = run.cached().artifact(name)
         with stage_output(run.dir, name) as out:
             shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(COMPLETE))

@@ -8,7 +8,7 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/ppo.html.md"""
 # %% ../nbs/05_ppo.ipynb #830865d7
 from __future__ import annotations
 import json, math, os, random, shutil, time, warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, asdict, replace, field
 from pathlib import Path
 import numpy as np
@@ -34,10 +34,10 @@ __all__ = ['CACHE_ARG', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX'
            'Layout', 'response_logprobs', 'SharedLayout', 'SeparateLayout', 'build_layout', 'load_layout', 'left_pad',
            'encode_queries', 'to_device', 'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses',
            'length_micro_batches', 'rollout', 'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward',
-           'NonFiniteError', 'loss_scaler', 'ppo_step', 'batch_indices', 'rng_state', 'set_rng_state',
-           'save_checkpoint', 'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records',
-           'answer_and_score', 'heldout_kl', 'before_after', 'reward_formula', 'ppo_report_markdown', 'plot_ppo_curves',
-           'train_ppo', 'PPOFactStageConfig', 'train_ppo_fact']
+           'NonFiniteError', 'loss_scaler', 'ppo_step', 'ppo_update', 'batch_indices', 'step_seed', 'save_checkpoint',
+           'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'answer_and_score',
+           'heldout_kl', 'before_after', 'reward_formula', 'ppo_report_markdown', 'plot_ppo_curves', 'train_ppo',
+           'ppo_accelerator', 'PPOFactStageConfig', 'train_ppo_fact']
 
 # %% ../nbs/05_ppo.ipynb #f02f5e30
 def logprobs_from_logits(logits:torch.Tensor, labels:torch.Tensor, temperature:float=1.0, with_entropy:bool=False):
@@ -56,9 +56,13 @@ def masked_var(x:torch.Tensor, mask:torch.Tensor) -> torch.Tensor:
     "Variance of `x` where `mask` is 1 (population variance)."
     return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
 
-def masked_whiten(x:torch.Tensor, mask:torch.Tensor, shift_mean:bool=True, eps:float=1e-8) -> torch.Tensor:
+def masked_whiten(x:torch.Tensor, mask:torch.Tensor, shift_mean:bool=True, eps:float=1e-8,
+                  total=None) -> torch.Tensor:  # sums over processes (`all_sum`): statistics of all processes' tokens
     "Normalise `x` to mean 0 (optional) and variance 1 over the masked positions; padding stays 0."
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    total, mask = total or (lambda t: t), mask.to(x.dtype)
+    n = total(mask.sum()).clamp_min(1)
+    mean = total((x * mask).sum()) / n
+    var = total(((x - mean) ** 2 * mask).sum()) / n
     w = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean: w = w + mean
     return w * mask
@@ -246,6 +250,10 @@ class Layout(nn.Module):
         return {n: p for n, p in self.named_parameters() if p.requires_grad}
 
     def policy_mode(self): pass
+
+    def forward(self, input_ids, mask, n_resp:int, temperature:float, entropy:bool=False) -> dict:
+        "`policy_forward`: the call a DDP wrapper sees, so that it averages the policy's and value's gradients."
+        return self.policy_forward(input_ids, mask, n_resp, temperature, entropy)
 
     def load_trainable(self, state:dict[str, torch.Tensor]):
         "Copy a `trainable()` state (from a checkpoint) into the model."
@@ -575,39 +583,53 @@ def loss_scaler(run:Run):
                                 enabled=run.policy.dtype == 'fp16')
 
 def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLController, opt, sched, norm:dict,
-             reward_fn=None, scaler=None) -> tuple[dict, dict]:
-    "One PPO step on `batch` (from `encode_queries`): rollout, scores, advantages, clipped updates. Returns (metrics, rollout)."
-    scaler = scaler or loss_scaler(run)  # fp16: scales the loss; otherwise a pass-through
+             reward_fn=None, scaler=None,
+             model=None) -> tuple[dict, dict]:  # what trains: `layout`, or its DDP wrapper on several processes
+    "One PPO step on `batch` (`encode_queries`; this process's share): rollout, scores, `ppo_update`."
     cfg, shape, dev = run.cfg('ppo'), run.preset.ppo, next(layout.parameters()).device
     batch = to_device(batch, dev)
     # 1-2. rollout without gradients
     layout.eval()
     ro = rollout(layout, tok, batch, shape.max_new_tokens, cfg.temperature, cfg.micro_batch_size)
-    resp, m = ro['responses'], ro['resp_mask'].float()  # (B, R)
     # 3. scores (B,)
     scores, raw, fact = score_responses(layout, tok, batch, ro, norm, run, reward_fn)
-    scores = scores.to(dev)
-    # 4. KL-penalised token rewards, GAE, whitened advantages (B, R)
+    ro = dict(ro, scores=scores.to(dev), raw=raw, fact=fact)
+    return ppo_update(model or layout, ro, run, kl_ctl, opt, sched, scaler or loss_scaler(run))
+
+def _no_sync(model, skip:bool):
+    "DDP's `no_sync` when `skip` (accumulate locally: no all-reduce until the minibatch's last micro-batch)."
+    return model.no_sync() if skip and hasattr(model, 'no_sync') else nullcontext()
+
+def ppo_update(model, ro:dict, run:Run, kl_ctl:AdaptiveKLController, opt, sched, scaler) -> tuple[dict, dict]:
+    "Steps 4-6 on a scored rollout `ro` (this process's rows): advantages, updates, KL controller; (metrics, ro)."
+    cfg, shape, world = run.cfg('ppo'), run.preset.ppo, rank_world()[1]
+    layout = getattr(model, 'module', model)  # DDP keeps the layout as `.module`
+    m, scores, B = ro['resp_mask'].float(), ro['scores'], len(ro['scores'])  # (B, R), (B,)
+    # 4. KL-penalised token rewards, GAE, advantages whitened over every process's tokens (B, R)
     k1, k3 = kl_estimates(ro['logprobs'], ro['ref_logprobs'])
     rewards = token_rewards(scores, k1, m, kl_ctl.value)
     adv, returns = gae(rewards, ro['values'], m, cfg.gamma, cfg.lam)
-    adv = masked_whiten(adv, m)
-    # 5. PPO epochs over shuffled minibatches, gradients accumulated over micro-batches
+    adv = masked_whiten(adv, m, total=all_sum)
+    # 5. PPO epochs over shuffled minibatches, gradients accumulated over micro-batches (and averaged over processes)
     layout.train()
     params = list(layout.trainable().values())
-    stats, B, P = [], len(resp), batch['query_ids'].shape[1]
+    stats, P = [], ro['ids'].shape[1] - m.shape[1]  # prompt columns
     for _ in range(cfg.ppo_epochs):
-        for mb in torch.randperm(B).split(shape.minibatch_size):
+        for mb in torch.randperm(B).split(shape.minibatch_size // world):  # this process's share of each minibatch
             opt.zero_grad(set_to_none=True)
-            n_tok, mb_stats = m[mb].sum(), {}  # the minibatch's real response tokens: each weighs the same
-            for micro, w in length_micro_batches(mb, m.sum(1), cfg.micro_batch_size):  # the sum of gradients does not depend on order
-                pol = layout.policy_forward(ro['ids'][micro, :P + w], ro['mask'][micro, :P + w], w, cfg.temperature)  # each (b, w)
-                pg, vf, st = ppo_losses(pol['logprobs'], ro['logprobs'][micro, :w], adv[micro, :w], pol['values'].float(),
-                                        ro['values'][micro, :w], returns[micro, :w], m[micro, :w], cfg.cliprange,
-                                        cfg.cliprange_value, denom=n_tok)  # this micro-batch's share of the token means
-                loss = pg + cfg.vf_coef * vf
-                if not torch.isfinite(loss): raise NonFiniteError(f"loss is {loss.item()} (pg {pg.item()}, vf {vf.item()})")
-                scaler.scale(loss).backward()
+            n_tok, mb_stats = all_sum(m[mb].sum()) / world, {}  # DDP averages processes: every token weighs the same
+            micros = length_micro_batches(mb, m.sum(1), cfg.micro_batch_size)  # the sum of gradients ignores the order
+            for i, (micro, w) in enumerate(micros):
+                with _no_sync(model, i < len(micros) - 1):
+                    pol = model(ro['ids'][micro, :P + w], ro['mask'][micro, :P + w], w, cfg.temperature)  # each (b, w)
+                    pg, vf, st = ppo_losses(pol['logprobs'], ro['logprobs'][micro, :w], adv[micro, :w],
+                                            pol['values'].float(), ro['values'][micro, :w], returns[micro, :w],
+                                            m[micro, :w], cfg.cliprange, cfg.cliprange_value,
+                                            denom=n_tok)  # this micro-batch's share of the token means
+                    loss = pg + cfg.vf_coef * vf
+                    if not torch.isfinite(loss):
+                        raise NonFiniteError(f"loss is {loss.item()} (pg {pg.item()}, vf {vf.item()})")
+                    scaler.scale(loss).backward()
                 for k, v in dict(pg_loss=pg.item(), vf_loss=vf.item(), **st).items():
                     mb_stats[k] = mb_stats.get(k, 0.0) + v  # shares add up to the minibatch's means
             scaler.unscale_(opt)
@@ -615,14 +637,14 @@ def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLControlle
             if not torch.isfinite(gn) and not scaler.is_enabled(): raise NonFiniteError(f"gradient norm is {gn.item()}")
             scaler.step(opt); scaler.update(); sched.step()  # fp16: an overflowing update is skipped, the scale halved
             stats.append(dict(mb_stats, grad_norm=gn.item(), skipped=float(not torch.isfinite(gn))))  # per minibatch
-    # 6. KL controller (on the mean KL per response) and metrics
+    # 6. KL controller (on the mean KL per response over every process) and metrics (means over the processes)
     kl = (k1 * m).sum(1)  # (B,)
-    kl_ctl_before = kl_ctl.value
-    kl_ctl.update(kl.mean().item(), B)
+    kl_ctl_before, n = kl_ctl.value, B * world
+    kl_ctl.update(all_sum(kl.sum()).item() / n, n)
     var_ret = masked_var(returns, m)
     mean = lambda k: float(np.mean([s[k] for s in stats]))
-    metrics = {'ppo/reward_raw': raw.mean().item(), 'ppo/reward': scores.mean().item(),
-               'ppo/reward_fact': fact.mean().item(), 'ppo/kl': kl.mean().item(),
+    metrics = {'ppo/reward_raw': ro['raw'].mean().item(), 'ppo/reward': scores.mean().item(),
+               'ppo/reward_fact': ro['fact'].mean().item(), 'ppo/kl': kl.mean().item(),
                'ppo/kl_k3': (k3 * m).sum(1).mean().item(), 'ppo/kl_coef': kl_ctl_before,
                'ppo/non_score_reward': (-kl_ctl_before * kl).mean().item(),
                'ppo/entropy': masked_mean(ro['entropy'], m).item(), 'ppo/clipfrac': mean('clipfrac'),
@@ -634,9 +656,13 @@ def ppo_step(layout:Layout, tok, batch:dict, run:Run, kl_ctl:AdaptiveKLControlle
                'ppo/explained_variance': (1 - masked_var(returns - ro['values'], m) / var_ret.clamp_min(1e-8)).item(),
                'ppo/response_length': m.sum(1).mean().item(), 'ppo/eos_rate': ro['ended'].float().mean().item(),
                'ppo/lr': sched.get_last_lr()[0]}
+    if world > 1:  # every process has as many rows: the mean of the processes' means is the mean over all rows
+        vals = all_sum(torch.tensor(list(metrics.values()), dtype=torch.float64, device=m.device)) / world
+        metrics = dict(zip(metrics, vals.tolist()))
     bad = [k for k, v in metrics.items() if not math.isfinite(v)]
     if bad: raise NonFiniteError(f"non-finite metrics {bad}")
-    return metrics, dict(ro, scores=scores, raw=raw, fact=fact, advantages=adv, returns=returns)  # (B,) scores, (B, R)
+    return metrics, dict(ro, advantages=adv, returns=returns)  # (B, R)
+
 
 # %% ../nbs/05_ppo.ipynb #e0eba367
 def batch_indices(n:int, step:int, batch_size:int, seed:int) -> tuple[list[int], int]:
@@ -647,16 +673,10 @@ def batch_indices(n:int, step:int, batch_size:int, seed:int) -> tuple[list[int],
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
     return order[i * batch_size:(i + 1) * batch_size].tolist(), epoch
 
-def rng_state() -> dict:
-    "python, numpy and torch (CPU and CUDA) random states."
-    st = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
-    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
-    return st
+def step_seed(seed:int, step:int, rank:int=0) -> int:
+    "The seed of PPO step `step` on process `rank`: a run resumed on any number of processes draws as an unbroken one."
+    return (seed * 1_000_003 + step) * 1_009 + rank
 
-def set_rng_state(st:dict):
-    "Restore what `rng_state` saved."
-    random.setstate(st['python']); np.random.set_state(st['numpy']); torch.set_rng_state(st['torch'])
-    if 'cuda' in st and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
 # %% ../nbs/05_ppo.ipynb #0d623834
 CHECKPOINT_PREFIX = 'checkpoint-'
@@ -669,7 +689,7 @@ def save_checkpoint(out, step:int, layout:Layout, opt, sched, kl_ctl:AdaptiveKLC
     final = out/(name or f'{CHECKPOINT_PREFIX}{step + 1:06d}')
     with atomic_path(final, folder=True) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in layout.trainable().items()}, str(tmp/'trainable.safetensors'))
-        torch.save(dict(optimizer=opt.state_dict(), scheduler=sched.state_dict(), rng=rng_state()), tmp/'state.pt')
+        torch.save(dict(optimizer=opt.state_dict(), scheduler=sched.state_dict()), tmp/'state.pt')
         save_json(tmp/'trainer_state.json', dict(step=step + 1, kl_coef=kl_ctl.value, history=history, samples=samples))
     if name is None:  # keep only the newest regular checkpoint
         for old in out.glob(f'{CHECKPOINT_PREFIX}*'):
@@ -686,11 +706,10 @@ def load_checkpoint(path, layout:Layout, opt, sched, kl_ctl:AdaptiveKLController
     from safetensors.torch import load_file
     path = Path(path)
     layout.load_trainable(load_file(str(path/'trainable.safetensors'), device=str(next(layout.parameters()).device)))
-    st = torch.load(path/'state.pt', weights_only=False)  # our own file: optimizer tensors and RNG states
+    st = torch.load(path/'state.pt', weights_only=False)  # our own file: optimizer and scheduler states
     opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
     ts = load_json(path/'trainer_state.json')
     kl_ctl.value = ts['kl_coef']
-    set_rng_state(st['rng'])
     return ts
 
 # %% ../nbs/05_ppo.ipynb #f829cfbd
@@ -840,9 +859,27 @@ def train_ppo(out, run:Run, reward_fn=None, callbacks=(),
     with cpu_threads(run.cfg('ppo').cpu_threads if run.policy.device == 'cpu' else None):
         return _train_ppo(Path(out), run, reward_fn, callbacks, name)
 
+def ppo_accelerator(run:Run):
+    "accelerate's `Accelerator` for PPO: DDP over the processes `torchrun` started; alone, a pass-through."
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType
+    AcceleratorState._reset_state()  # a trainer earlier in this process (SFT, RM) leaves its mixed precision behind
+    acc = Accelerator(cpu=run.policy.device == 'cpu', mixed_precision='no',  # precision is the models' own (the preset)
+                      device_placement=False)  # the models sit where `load_pretrained` put them (cuda:<LOCAL_RANK>)
+    if acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        raise NotImplementedError(f"PPO runs alone or under DDP, not {acc.distributed_type} (the DeepSpeed and FSDP "
+                                  "configs in configs/accelerate/ are for SFT, RM and DPO: TRL's trainers)")
+    return acc
+
 def _train_ppo(out, run, reward_fn, callbacks, name) -> dict:
-    "The body of `train_ppo` (under its CPU thread setting)."
+    "The body of `train_ppo` (under its CPU thread setting), on this process's share of each batch."
     cfg, shape = run.cfg('ppo'), run.preset.ppo
+    acc = ppo_accelerator(run)
+    rank, world = rank_world()
+    if shape.batch_size % world or shape.minibatch_size % world:
+        raise UserError(f"PPO's batch ({shape.batch_size}) and minibatch ({shape.minibatch_size}) must split evenly "
+                        f"over {world} processes")
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     layout, tok, norm = load_layout(run)
@@ -852,29 +889,36 @@ def _train_ppo(out, run, reward_fn, callbacks, name) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / updates))
     kl_ctl, scaler = kl_controller(cfg, shape), loss_scaler(run)  # the scale restarts at 2^16 after a resume
     history, samples, start = [], [], 0
-    if (cp := last_ppo_checkpoint(out)) is not None:
+    if (cp := last_ppo_checkpoint(out)) is not None:  # written by the main process; every process reads it
         ts = load_checkpoint(cp, layout, opt, sched, kl_ctl)
         history, samples, start = ts['history'], ts['samples'], ts['step']
-    else: set_seed(cfg.seed)
-    for step in (bar := tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc='ppo', unit='step')):
+    model, opt = acc.prepare(layout, opt)  # several processes: DDP averages the gradients of `model(...)` calls
+    main, share = is_main_process(), shape.batch_size // world
+    for step in (bar := tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc='ppo', unit='step',
+                             disable=not main)):
         idx, epoch = batch_indices(len(train), step, shape.batch_size, cfg.seed)
-        recs = [train[i] for i in idx]
+        recs = [train[i] for i in idx[rank * share:(rank + 1) * share]]  # this process's prompts
+        set_seed(step_seed(cfg.seed, step, rank))  # sampling and minibatch order
         try:
             batch = encode_queries(tok, recs, run)
-            metrics, ro = ppo_step(layout, tok, batch, run, kl_ctl, opt, sched, norm, reward_fn, scaler)
+            metrics, ro = ppo_step(layout, tok, batch, run, kl_ctl, opt, sched, norm, reward_fn, scaler, model)
         except NonFiniteError as e:
-            where = save_checkpoint(out, step - 1, layout, opt, sched, kl_ctl, history, samples, name='nonfinite-checkpoint')
-            raise FloatingPointError(f"PPO step {step}: {e}. State saved in {where}; lower lr or check the reward.") from e
+            where = main and save_checkpoint(out, step - 1, layout, opt, sched, kl_ctl, history, samples,
+                                             name='nonfinite-checkpoint')  # the main process's state
+            raise FloatingPointError(f"PPO step {step}: {e}. State saved in {where or out}; "
+                                     "lower lr or check the reward.") from e
         history.append({'ppo/step': step, 'ppo/epoch': epoch, **metrics})
-        if (msg := kl_warning(history, cfg)): warnings.warn(msg)
+        if (msg := kl_warning(history, cfg)) and main: warnings.warn(msg)
         if step % cfg.sample_every == 0:
             texts = decode_responses(tok, ro['responses'], ro['resp_mask'])
             samples += [dict(step=step, prompt=r.prompt, response=t, score=s, ended=e)
                         for r, t, s, e in list(zip(recs, texts, ro['scores'].tolist(), ro['ended'].tolist()))[:4]]
-        bar.set_postfix(reward=f"{metrics['ppo/reward']:.2f}", kl=f"{metrics['ppo/kl']:.2f}", eos=f"{metrics['ppo/eos_rate']:.2f}")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+        bar.set_postfix(reward=f"{metrics['ppo/reward']:.2f}", kl=f"{metrics['ppo/kl']:.2f}",
+                        eos=f"{metrics['ppo/eos_rate']:.2f}")
+        if main and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps):
             save_checkpoint(out, step, layout, opt, sched, kl_ctl, history, samples)
         for cb in callbacks: cb(step, history[-1])
+    if not main: return {}  # the main process writes the outputs; the others wait for it in `stage_output`
     # outputs: adapter + value head, history, samples, curves, before/after report
     layout.save_policy(out/'adapter'); tok.save_pretrained(out/'adapter')
     save_json(out/'history.json', history); write_jsonl(out/'samples.jsonl', samples)
@@ -885,7 +929,7 @@ def _train_ppo(out, run, reward_fn, callbacks, name) -> dict:
     tail = history[-max(1, len(history) // 10):]
     metrics = {'ppo/steps': len(history), 'ppo/kl_final': float(np.mean([h['ppo/kl'] for h in tail])),
                'ppo/reward_final': float(np.mean([h['ppo/reward'] for h in tail])), 'ppo/kl_target': cfg.kl_target,
-               'ppo/resumed_at': start, 'ppo/seconds': time.time() - t0, **ev,
+               'ppo/resumed_at': start, 'ppo/processes': world, 'ppo/seconds': time.time() - t0, **ev,
                'ppo/nf4_layers': sum(type(m).__name__ == 'Linear4bit' for m in layout.modules()),  # what really ran
                'ppo/gradient_checkpointing': any(getattr(m, 'gradient_checkpointing', False) is True for m in layout.modules())}
     if name != 'ppo': metrics = {name + k[3:] if k.startswith('ppo') else k: v for k, v in metrics.items()}  # ppo_fact/

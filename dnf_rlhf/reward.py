@@ -112,10 +112,12 @@ def train_rm(out, run:Run, normalise:bool=True, callbacks=()) -> dict:
     fp32_trainable(trainer.model)
     from dnf_rlhf.sft import last_checkpoint
     trainer.train(resume_from_checkpoint=last_checkpoint(out/'checkpoints'))
+    if not is_main_process(): return {}  # several processes (DDP): the main one writes the outputs
     model = trainer.model
     model.save_pretrained(out/'adapter'); tok.save_pretrained(out/'adapter')
     save_json(out/'log_history.json', trainer.state.log_history)
     metrics = {'rm/train_pairs': len(train_pairs), 'rm/test_pairs': len(test_pairs), 'rm/train_seconds': time.time() - t0,
+               'rm/processes': rank_world()[1],
                'rm/gradient_checkpointing': bool(getattr(model, 'is_gradient_checkpointing', False))}
     metrics.update(rm_diagnostics(model, tok, train_pairs, test_pairs, run, out))
     norm = reward_normalisation(model, tok, run) if normalise else None

@@ -136,10 +136,15 @@ def train_sft(out, run:Run, callbacks=(), limit:int|None=None) -> dict:
     fp32_trainable(trainer.model)
     # 4. the starting point, kept across a resume
     start_file = out/'eval_start.json'
-    if not start_file.exists(): save_json(start_file, {'eval_loss': trainer.evaluate()['eval_loss']})
+    fresh = not start_file.exists()
+    wait_for_everyone()  # several processes: each decides before the main one writes it (evaluate runs on all)
+    if fresh:
+        start = trainer.evaluate()['eval_loss']
+        if is_main_process(): save_json(start_file, {'eval_loss': start})
     # 5. train, resuming from the newest checkpoint if a previous run was cut off
     resume = last_checkpoint(out/'checkpoints')
     trainer.train(resume_from_checkpoint=resume)
+    if not is_main_process(): return {}  # several processes (DDP): the main one writes the outputs
     # 6. outputs
     model = trainer.model
     model.save_pretrained(out/'adapter'); tok.save_pretrained(out/'adapter')
@@ -148,6 +153,7 @@ def train_sft(out, run:Run, callbacks=(), limit:int|None=None) -> dict:
                'sft/eval_loss_end': min(h['eval_loss'] for h in evals) if evals else None,
                'sft/steps': trainer.state.global_step, 'sft/epochs': trainer.state.epoch,
                'sft/train_examples': len(train_ds), 'sft/skipped_too_long': skipped, 'sft/resumed': bool(resume),
+               'sft/processes': rank_world()[1],
                'sft/train_seconds': time.time() - t0}
     save_json(out/'log_history.json', trainer.state.log_history)
     metrics['sft/gradient_checkpointing'] = bool(getattr(model, 'is_gradient_checkpointing', False))
