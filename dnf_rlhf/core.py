@@ -854,6 +854,10 @@ def quality_check(run:Run, label:str, value, target:str, ok:bool) -> bool:
 
 # %% ../nbs/91_core.ipynb #980c8219
 def set_seed(seed:int):
-    "Seed python, numpy and torch (all devices)."
+    "Seed python, numpy and torch (all devices, and torch_xla's device generator once it is loaded)."
     import numpy as np, torch
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
+    if 'torch_xla' in sys.modules:  # XLA draws from its own generator
+        import torch_xla.core.xla_model as xm
+        xm.set_rng_state(seed)
+

@@ -30,9 +30,10 @@ from .demo_data import fact_book
 __all__ = ['CACHE_ARG', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'PPO', 'PPO_FACT', 'logprobs_from_logits',
            'masked_mean', 'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController',
            'ppo_losses', 'PPOStageConfig', 'cpu_threads', 'kl_controller', 'check_ppo_supported',
-           'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'backbone_hidden',
-           'Layout', 'response_logprobs', 'SharedLayout', 'SeparateLayout', 'build_layout', 'load_layout', 'left_pad',
-           'encode_queries', 'to_device', 'next_token', 'sample_responses', 'truncate_after_eos', 'decode_responses',
+           'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'causal_mask',
+           'backbone_hidden', 'Layout', 'response_logprobs', 'SharedLayout', 'SeparateLayout', 'build_layout',
+           'load_layout', 'prompt_widths', 'left_pad', 'encode_queries', 'to_device', 'next_token', 'sample_responses',
+           'truncate_after_eos', 'decode_responses', 'device_sync', 'gumbel_token', 'sample_fixed',
            'length_micro_batches', 'rollout', 'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward',
            'NonFiniteError', 'loss_scaler', 'ppo_step', 'ppo_update', 'batch_indices', 'step_seed', 'save_checkpoint',
            'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'answer_and_score',
@@ -176,13 +177,12 @@ def kl_controller(cfg:PPOStageConfig, shape:RolloutShape) -> AdaptiveKLControlle
 
 # %% ../nbs/05_ppo.ipynb #4687e22e
 def check_ppo_supported(run:Run):
-    "Raise a clear error on presets/devices where this PPO does not run (TPU / fixed-shape XLA)."
-    preset = run.preset
-    if preset.fixed_shapes or run.policy.device == 'xla':
-        raise NotImplementedError(
-            f"preset {preset.name!r}: PPO은 TPU(XLA)에서 지원하지 않습니다 — 샘플링 생성의 길이가 걸음마다 달라 매번 다시 "
-            "컴파일됩니다. GPU 프리셋(colab-t4/l4/a100)으로 PPO를 돌리세요. (PPO does not run on TPU: variable-length "
-            "sampled generation recompiles every step; run PPO on a GPU preset.)")
+    "Raise, before anything loads, where PPO cannot run as set: fixed shapes need micro-batches dividing the batches."
+    shape, micro = run.preset.ppo, run.cfg('ppo').micro_batch_size
+    if run.policy.fixed_shapes and (shape.batch_size % micro or shape.minibatch_size % micro):
+        raise UserError(f"preset {run.preset.name!r}: fixed shapes (XLA) need ppo.micro_batch_size ({micro}) to "
+                        f"divide the batch ({shape.batch_size}) and the minibatch ({shape.minibatch_size})")
+
 
 # %% ../nbs/05_ppo.ipynb #e3a20556
 CACHE_ARG = 'cache' if 'cache' in BaseModelOutputWithPast.__dataclass_fields__ else 'past_key_values'  # KV-cache argument
@@ -212,9 +212,24 @@ def shared_prefix_len(input_ids:torch.Tensor, mask:torch.Tensor) -> int:
     toks = input_ids.gather(1, cols)
     return int((toks == toks[:1]).all(0).long().cumprod(0).sum())
 
-def backbone_hidden(lm, input_ids:torch.Tensor, mask:torch.Tensor, last:int|None=None, cache:bool=False):
+def causal_mask(mask:torch.Tensor, dtype) -> torch.Tensor:
+    "(B, T) padding mask -> (B, 1, T, T) additive causal mask: 0 where a query may attend, else dtype's minimum."
+    T = mask.shape[1]
+    ar = torch.arange(T, device=mask.device)
+    allowed = (ar[None, :] <= ar[:, None])[None] & mask.bool()[:, None, :]  # (B, T, T): key j <= query i, j real
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=mask.device)[None]  # padding sees itself: never all -inf
+    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed,
+                                                                                  torch.finfo(dtype).min)[:, None]
+
+def backbone_hidden(lm, input_ids:torch.Tensor, mask:torch.Tensor, last:int|None=None, cache:bool=False,
+                    fixed:bool=False):  # fixed shapes (XLA): an explicit 4-D mask, no shared prefix
     "Last hidden states of a transformers model's backbone, positions from the mask: (B, T, H), or (B, last, H) of the last `last` columns; with `cache`, also the KV cache and its (B, S) attention mask."
     B, T = input_ids.shape
+    if fixed:  # the prefix's length and transformers' mask shortcuts read the data: each new value would recompile
+        if cache: raise ValueError("fixed shapes generate with `sample_fixed` (a static cache)")
+        h = lm.base_model(input_ids=input_ids, attention_mask=causal_mask(mask, lm.get_input_embeddings().weight.dtype),
+                          position_ids=position_ids_from_mask(mask), use_cache=False).last_hidden_state
+        return h if last is None else h[:, -last:]
     start = mask.long().argmax(1)  # (B,) first real column of each (left-padded) row
     k = 0 if last is None or B == 1 else min(shared_prefix_len(input_ids, mask), T - last - int(start.max()))
     if lm.training and any(getattr(m, 'gradient_checkpointing', False) is True for m in lm.modules()):
@@ -237,6 +252,7 @@ def backbone_hidden(lm, input_ids:torch.Tensor, mask:torch.Tensor, last:int|None
 # %% ../nbs/05_ppo.ipynb #147cb65f
 class Layout(nn.Module):
     "What PPO needs from its models, whatever the memory layout: generation, policy logprobs and values, reference logprobs, rewards."
+    fixed = False  # fixed shapes (XLA): every batch, generation and micro-batch keeps its shape (`load_layout` sets it)
     def generate(self, input_ids, attention_mask, max_new_tokens:int, eos_id:int, pad_id:int, temperature:float|None=None,
                  reference:bool=False) -> torch.Tensor: raise NotImplementedError
     def policy_forward(self, input_ids, mask, n_resp:int, temperature:float, entropy:bool=False) -> dict: raise NotImplementedError
@@ -262,20 +278,23 @@ class Layout(nn.Module):
         with torch.no_grad():
             for n, p in params.items(): p.copy_(state[n])
 
-def response_logprobs(lm, input_ids, mask, n_resp:int, temperature:float,
-                      entropy:bool=False) -> tuple[torch.Tensor, dict]:
+def response_logprobs(lm, input_ids, mask, n_resp:int, temperature:float, entropy:bool=False,
+                      fixed:bool=False) -> tuple[torch.Tensor, dict]:  # fixed shapes (XLA): see `backbone_hidden`
     "(h, out): hidden states (B, R, H) that predict the last `n_resp` tokens, and their `logprobs` (+ `entropy`), (B, R), 0 at padding."
-    h = backbone_hidden(lm, input_ids, mask, last=n_resp + 1)[:, :-1]  # (B, R, H): the output at t-1 predicts token t
-    tokens, real = input_ids[:, -n_resp:], mask[:, -n_resp:].bool()  # (B, R)
-    logits = lm.get_output_embeddings()(h[real])  # (N, V): the N real response tokens only, padding never reaches the head
-    unpack = lambda x: torch.zeros(real.shape, dtype=x.dtype, device=x.device).masked_scatter(real, x)  # (N,) -> (B, R)
-    if not entropy: return h, dict(logprobs=unpack(logprobs_from_logits(logits, tokens[real], temperature)))
-    logprobs, ent = logprobs_from_logits(logits, tokens[real], temperature, with_entropy=True)
-    return h, dict(logprobs=unpack(logprobs), entropy=unpack(ent))
+    h = backbone_hidden(lm, input_ids, mask, last=n_resp + 1, fixed=fixed)[:, :-1]  # (B, R, H): output t-1 predicts t
+    tokens, real, head = input_ids[:, -n_resp:], mask[:, -n_resp:].bool(), lm.get_output_embeddings()  # (B, R)
+    if fixed:  # every position through the head, padding zeroed after: a boolean index's shape is the data's
+        logits, tokens, put = head(h), tokens, lambda x: x * real  # (B, R, V)
+    else:  # (N, V): the N real response tokens only, padding never reaches the head
+        logits, tokens = head(h[real]), tokens[real]
+        put = lambda x: torch.zeros(real.shape, dtype=x.dtype, device=x.device).masked_scatter(real, x)  # (B, R)
+    if not entropy: return h, dict(logprobs=put(logprobs_from_logits(logits, tokens, temperature)))
+    logprobs, ent = logprobs_from_logits(logits, tokens, temperature, with_entropy=True)
+    return h, dict(logprobs=put(logprobs), entropy=put(ent))
 
-def _score_at_last(lm, head:nn.Module, input_ids, mask) -> torch.Tensor:
+def _score_at_last(lm, head:nn.Module, input_ids, mask, fixed:bool=False) -> torch.Tensor:
     "A scalar head read at each row's last real token, (B,)."
-    h = backbone_hidden(lm, input_ids, mask)  # (B, T, H)
+    h = backbone_hidden(lm, input_ids, mask, fixed=fixed)  # (B, T, H)
     last = h[torch.arange(len(h), device=h.device), last_token_index(mask)]  # (B, H)
     return head(last.float()).squeeze(-1)
 
@@ -295,22 +314,23 @@ class SharedLayout(Layout):
 
     def generate(self, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature=None, reference=False):
         self._use('ref' if reference else 'policy')
-        return sample_responses(self.lm, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature)
+        return sample_responses(self.lm, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature,
+                                self.fixed)
 
     def policy_forward(self, input_ids, mask, n_resp, temperature, entropy=False):
         self._use('policy')
-        h, out = response_logprobs(self.lm, input_ids, mask, n_resp, temperature, entropy)
+        h, out = response_logprobs(self.lm, input_ids, mask, n_resp, temperature, entropy, self.fixed)
         return dict(out, values=self.value_head(h.float()).squeeze(-1))  # values (B, R)
 
     @torch.no_grad()
     def ref_logprobs(self, input_ids, mask, n_resp, temperature):
         self._use('ref')
-        return response_logprobs(self.lm, input_ids, mask, n_resp, temperature)[1]['logprobs']
+        return response_logprobs(self.lm, input_ids, mask, n_resp, temperature, fixed=self.fixed)[1]['logprobs']
 
     @torch.no_grad()
     def reward(self, input_ids, mask):
         self._use('reward')
-        return _score_at_last(self.lm, self.score_head, input_ids, mask)
+        return _score_at_last(self.lm, self.score_head, input_ids, mask, self.fixed)
 
     def save_policy(self, path):
         "The policy adapter in PEFT format at `path` (loads with `PeftModel.from_pretrained`), value head beside it."
@@ -332,21 +352,23 @@ class SeparateLayout(Layout):
 
     def generate(self, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature=None, reference=False):
         lm = (self.ref if reference else self.policy).get_base_model()
-        return sample_responses(lm, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature)
+        return sample_responses(lm, input_ids, attention_mask, max_new_tokens, eos_id, pad_id, temperature, self.fixed)
 
     def policy_forward(self, input_ids, mask, n_resp, temperature, entropy=False):
-        _, out = response_logprobs(self.policy.get_base_model(), input_ids, mask, n_resp, temperature, entropy)
-        h = backbone_hidden(self.value_model, input_ids, mask, last=n_resp + 1)[:, :-1]  # (B, R, H)
+        _, out = response_logprobs(self.policy.get_base_model(), input_ids, mask, n_resp, temperature, entropy,
+                                   self.fixed)
+        h = backbone_hidden(self.value_model, input_ids, mask, last=n_resp + 1, fixed=self.fixed)[:, :-1]  # (B, R, H)
         return dict(out, values=self.value_model.score(h).float().squeeze(-1))  # values (B, R)
 
     @torch.no_grad()
     def ref_logprobs(self, input_ids, mask, n_resp, temperature):
-        return response_logprobs(self.ref.get_base_model(), input_ids, mask, n_resp, temperature)[1]['logprobs']
+        return response_logprobs(self.ref.get_base_model(), input_ids, mask, n_resp, temperature,
+                                 fixed=self.fixed)[1]['logprobs']
 
     @torch.no_grad()
     def reward(self, input_ids, mask):
         rm = self.reward_model.get_base_model()
-        return _score_at_last(rm, rm.score, input_ids, mask)
+        return _score_at_last(rm, rm.score, input_ids, mask, self.fixed)
 
     def save_policy(self, path):
         "The policy adapter in PEFT format at `path`; the value model's weights beside it."
@@ -427,14 +449,21 @@ def load_layout(run:Run) -> tuple[Layout, object, dict]:
         pol = replace(run.policy, quantization=None) if kind == 'value' else None  # value model: a full trainable copy
         return load_pretrained(run, head='causal' if kind == 'causal' else 'score', policy=pol)[0]
     layout = build_layout(cfg.layout, load_model, sft/'adapter', rm/'adapter', cfg.value_init, run.preset.gradient_checkpointing)
+    layout.fixed = run.policy.fixed_shapes
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(sft/'adapter'), run.project)
     return layout, tok, load_json(rm/MANIFEST)['reward_norm']
 
 # %% ../nbs/05_ppo.ipynb #a4659fce
-def left_pad(seqs:list[list[int]], pad_id:int, max_len:int|None=None) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_widths(max_len:int, n:int=2) -> tuple[int, ...]:
+    "`n` prompt widths up to `max_len`, e.g. (64, 128): with fixed shapes every batch is padded to one of them."
+    return tuple(sorted({max(1, max_len * (i + 1) // n) for i in range(n)}))
+
+def left_pad(seqs:list[list[int]], pad_id:int, max_len:int|None=None,
+             widths:tuple|None=None) -> tuple[torch.Tensor, torch.Tensor]:  # fixed shapes: pad to the first that fits
     "Left-padded (ids, mask) of token lists, each cut from the left to `max_len`: (B, P)."
     seqs = [s[-max_len:] if max_len else s for s in seqs]
     P = max(map(len, seqs))
+    if widths: P = next(w for w in widths if w >= P)  # XLA compiles each width once
     ids = torch.tensor([[pad_id] * (P - len(s)) + s for s in seqs])
     mask = torch.tensor([[0] * (P - len(s)) + [1] * len(s) for s in seqs])
     return ids, mask
@@ -443,8 +472,9 @@ def encode_queries(tok, records:list[PPORecord], run:Run) -> dict:
     "Left-padded policy prompts (`query_ids`, `query_mask`: what SFT trained on), RM prompts (`rm_*`), `facts` keys."
     enc = lambda msgs: tok(render_prompt(tok, msgs), add_special_tokens=False)['input_ids']
     P = run.preset.ppo.max_prompt_len
-    q_ids, q_mask = left_pad([enc(sft_messages(r, run)) for r in records], tok.pad_token_id, P)
-    r_ids, r_mask = left_pad([enc(rm_messages(r.prompt, run)) for r in records], tok.pad_token_id, P)
+    widths = prompt_widths(P) if run.policy.fixed_shapes else None
+    q_ids, q_mask = left_pad([enc(sft_messages(r, run)) for r in records], tok.pad_token_id, P, widths)
+    r_ids, r_mask = left_pad([enc(rm_messages(r.prompt, run)) for r in records], tok.pad_token_id, P, widths)
     return dict(query_ids=q_ids, query_mask=q_mask, rm_ids=r_ids, rm_mask=r_mask, facts=[r.facts for r in records])
 
 def to_device(batch:dict, device) -> dict:
@@ -465,9 +495,11 @@ def next_token(logits:torch.Tensor, temperature:float|None=None, top_p:float=1.0
     return tok if order is None else order.gather(1, tok[:, None]).squeeze(1)
 
 @torch.no_grad()
-def sample_responses(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id:int, temperature:float|None=None) -> torch.Tensor:
+def sample_responses(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id:int, temperature:float|None=None,
+                     fixed:bool=False) -> torch.Tensor:  # fixed shapes (XLA): `sample_fixed`
     "Responses (B, R <= max_new_tokens) to left-padded prompts, with the KV cache; a row leaves the batch after its EOS (padding after it)."
     if max_new_tokens < 1: raise ValueError(f"max_new_tokens must be at least 1 (got {max_new_tokens}): a response needs a token to end with EOS")
+    if fixed: return sample_fixed(lm, input_ids, mask, max_new_tokens, eos_id, pad_id, temperature)
     head, dev = lm.get_output_embeddings(), input_ids.device
     h, kv, kv_mask = backbone_hidden(lm, input_ids, mask, last=1, cache=True)  # the prompts (shared prefix once) -> KV cache
     logits = head(h[:, -1])  # (B, V) logits of each row's first response token
@@ -488,25 +520,75 @@ def sample_responses(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id
         logits, pos = head(h[:, -1]), pos + 1
     return out[:, :t + 1]
 
-def truncate_after_eos(resp:torch.Tensor, eos_id:int, pad_id:int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def truncate_after_eos(resp:torch.Tensor, eos_id:int, pad_id:int,
+                       crop:bool=True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # False: keep R (XLA)
     "(responses, mask, ended): tokens after each row's first EOS become padding (mask 0); EOS itself stays. (B, R) in, trailing all-pad columns dropped."
     R = resp.shape[1]
     is_eos = resp == eos_id
     ended = is_eos.any(1)  # (B,)
     first = torch.where(ended, is_eos.long().argmax(1), torch.full_like(ended, R, dtype=torch.long))  # first EOS, R if none
     mask = (torch.arange(R, device=resp.device)[None] <= first[:, None]).long()  # (B, R)
-    width = int(mask.sum(1).max())
+    width = int(mask.sum(1).max()) if crop else R
     return torch.where(mask.bool(), resp, pad_id)[:, :width], mask[:, :width], ended
 
 def decode_responses(tok, resp:torch.Tensor, mask:torch.Tensor) -> list[str]:
-    "Text of each response (EOS and padding dropped)."
-    return [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True).strip() for r, m in zip(resp, mask)]
+    "Text of each response (EOS and padding dropped), read on the CPU (on XLA a boolean index would compile)."
+    return [tok.decode(r[m.bool()].tolist(), skip_special_tokens=True).strip() for r, m in zip(resp.cpu(), mask.cpu())]
+
+# %% ../nbs/05_ppo.ipynb #976e1693
+def device_sync(device):
+    "End the lazy graph here on an XLA device (`torch_xla.sync`): each step cuts the same graphs. Elsewhere nothing."
+    if torch.device(device).type == 'xla':
+        import torch_xla
+        torch_xla.sync()
+
+def gumbel_token(logits:torch.Tensor, temperature:float|None=None) -> torch.Tensor:
+    "Greedy (temperature None) or one draw from softmax(logits / temperature) by the Gumbel-max trick: (b, V) -> (b,)."
+    if not temperature: return logits.argmax(-1)
+    u = torch.rand(logits.shape, device=logits.device).clamp(1e-20, 1.0)
+    return (logits.float() / temperature - torch.log(-torch.log(u))).argmax(-1)
+
+@torch.no_grad()
+def sample_fixed(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id:int,
+                 temperature:float|None=None) -> torch.Tensor:
+    "Responses (B, max_new_tokens) at fixed shapes: a static KV cache, every row to the end, `pad_id` after its EOS."
+    from transformers import StaticCache
+    head, dev, (B, P) = lm.get_output_embeddings(), input_ids.device, input_ids.shape
+    dtype, L = lm.get_input_embeddings().weight.dtype, P + max_new_tokens  # cache columns: the prompt, then the answer
+    additive = lambda allowed: torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed,
+                                                                                             torch.finfo(dtype).min)
+    kv, ar = StaticCache(config=lm.config, max_cache_len=L), torch.arange(L, device=dev)
+    valid = torch.cat([mask.bool(), torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)], 1)  # (B, L)
+    allowed = (ar[None, :] <= ar[:P, None])[None] & valid[:, None, :] | (ar[None, :] == ar[:P, None])[None]  # (B, P, L)
+    h = lm.base_model(input_ids=input_ids, attention_mask=additive(allowed[:, None]),
+                      position_ids=position_ids_from_mask(mask), use_cache=True,
+                      **{CACHE_ARG: kv}).last_hidden_state  # the prompts -> the cache
+    logits, pos = head(h[:, -1]), mask.long().sum(1, keepdim=True)  # (B, V), (B, 1) position of each row's next token
+    col = torch.full((1, 1), P, dtype=torch.long, device=dev)  # cache column of the next fed token (a tensor)
+    done, toks = torch.zeros(B, dtype=torch.bool, device=dev), []
+    device_sync(dev)
+    for t in range(max_new_tokens):
+        tok = torch.where(done, torch.full_like(done, pad_id, dtype=torch.long),
+                          gumbel_token(logits, temperature))  # (B,)
+        toks.append(tok)
+        done = done | (tok == eos_id)
+        if t == max_new_tokens - 1: break
+        valid = valid | (ar[None, :] == col)  # (B, L): the fed token's column
+        h = lm.base_model(input_ids=tok[:, None], attention_mask=additive(valid[:, None, None, :]), position_ids=pos,
+                          use_cache=True, **{CACHE_ARG: kv}).last_hidden_state  # (B, 1, H)
+        logits, pos, col = head(h[:, -1]), pos + 1, col + 1
+        device_sync(dev)
+    return torch.stack(toks, 1)  # (B, max_new_tokens)
+
 
 # %% ../nbs/05_ppo.ipynb #a74d1ace
 def _chunks(n:int, size:int): return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
-def length_micro_batches(rows:torch.Tensor, lens:torch.Tensor, size:int) -> list[tuple[torch.Tensor, int]]:
+def length_micro_batches(rows:torch.Tensor, lens:torch.Tensor, size:int,
+                         width:int|None=None) -> list[tuple[torch.Tensor, int]]:  # fixed shapes: every one this wide
     "(rows, width) micro-batches of `rows` in order of response length `lens`, each cut at its own longest response: later columns are padding in every row."
+    if width is not None:  # fixed shapes (XLA): slices at full width, whatever the lengths; training's divide evenly
+        return [(rows[sl], width) for sl in _chunks(len(rows), size)]  # (`check_ppo_supported`), evaluation's may not
     rows = rows[lens[rows].argsort().to(rows.device)]  # rows may live on the CPU (a randperm) and lens on the GPU
     return [(rows[sl], int(lens[rows[sl]].max())) for sl in _chunks(len(rows), size)]
 
@@ -515,14 +597,16 @@ def rollout(layout:Layout, tok, batch:dict, max_new_tokens:int, temperature:floa
     "Sample responses to `batch`'s prompts and compute old logprobs, values, entropies and reference logprobs."
     q, qm = batch['query_ids'], batch['query_mask']  # (B, P)
     gen = layout.generate(q, qm, max_new_tokens, tok.eos_token_id, tok.pad_token_id, temperature)  # (B, R')
-    resp, rmask, ended = truncate_after_eos(gen, tok.eos_token_id, tok.pad_token_id)  # (B, R)
+    resp, rmask, ended = truncate_after_eos(gen, tok.eos_token_id, tok.pad_token_id, crop=not layout.fixed)  # (B, R)
     ids, mask = torch.cat([q, resp], 1), torch.cat([qm, rmask], 1)  # (B, P + R)
     P, lens = q.shape[1], rmask.sum(1)  # (B,) response lengths
     lp, values, ent, ref_lp = (torch.zeros(resp.shape, device=resp.device) for _ in range(4))  # (B, R) each
-    for rows, w in length_micro_batches(torch.arange(len(ids), device=lens.device), lens, micro_batch_size):
+    for rows, w in length_micro_batches(torch.arange(len(ids), device=lens.device), lens, micro_batch_size,
+                                        resp.shape[1] if layout.fixed else None):
         pol = layout.policy_forward(ids[rows, :P + w], mask[rows, :P + w], w, temperature, entropy=True)  # each (b, w)
         lp[rows, :w], values[rows, :w], ent[rows, :w] = pol['logprobs'], pol['values'].float(), pol['entropy']
         ref_lp[rows, :w] = layout.ref_logprobs(ids[rows, :P + w], mask[rows, :P + w], w, temperature)
+        device_sync(ids.device)
     m = rmask.to(lp.dtype)
     return dict(ids=ids, mask=mask, responses=resp, resp_mask=rmask, ended=ended, logprobs=lp * m,
                 values=values * m, entropy=ent * m, ref_logprobs=ref_lp * m)
@@ -610,15 +694,17 @@ def ppo_update(model, ro:dict, run:Run, kl_ctl:AdaptiveKLController, opt, sched,
     rewards = token_rewards(scores, k1, m, kl_ctl.value)
     adv, returns = gae(rewards, ro['values'], m, cfg.gamma, cfg.lam)
     adv = masked_whiten(adv, m, total=all_sum)
+    device_sync(m.device)  # XLA: the advantages are one graph, not part of the first minibatch's
     # 5. PPO epochs over shuffled minibatches, gradients accumulated over micro-batches (and averaged over processes)
     layout.train()
     params = list(layout.trainable().values())
     stats, P = [], ro['ids'].shape[1] - m.shape[1]  # prompt columns
     for _ in range(cfg.ppo_epochs):
-        for mb in torch.randperm(B).split(shape.minibatch_size // world):  # this process's share of each minibatch
+        for mb in torch.randperm(B).to(m.device).split(shape.minibatch_size // world):  # this process's share of each
             opt.zero_grad(set_to_none=True)
             n_tok, mb_stats = all_sum(m[mb].sum()) / world, {}  # DDP averages processes: every token weighs the same
-            micros = length_micro_batches(mb, m.sum(1), cfg.micro_batch_size)  # the sum of gradients ignores the order
+            micros = length_micro_batches(mb, m.sum(1), cfg.micro_batch_size,  # the sum of gradients ignores the order
+                                          m.shape[1] if layout.fixed else None)
             for i, (micro, w) in enumerate(micros):
                 with _no_sync(model, i < len(micros) - 1):
                     pol = model(ro['ids'][micro, :P + w], ro['mask'][micro, :P + w], w, cfg.temperature)  # each (b, w)
@@ -636,6 +722,7 @@ def ppo_update(model, ro:dict, run:Run, kl_ctl:AdaptiveKLController, opt, sched,
             gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not torch.isfinite(gn) and not scaler.is_enabled(): raise NonFiniteError(f"gradient norm is {gn.item()}")
             scaler.step(opt); scaler.update(); sched.step()  # fp16: an overflowing update is skipped, the scale halved
+            device_sync(m.device)
             stats.append(dict(mb_stats, grad_norm=gn.item(), skipped=float(not torch.isfinite(gn))))  # per minibatch
     # 6. KL controller (on the mean KL per response over every process) and metrics (means over the processes)
     kl = (k1 * m).sum(1)  # (B,)
@@ -883,6 +970,7 @@ def _train_ppo(out, run, reward_fn, callbacks, name) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     layout, tok, norm = load_layout(run)
+    device_sync(next(layout.parameters()).device)  # XLA: the heads' initialisation is not part of step 0's first graph
     train = read_jsonl(run.project.datasets_path()/'ppo_train.jsonl', PPORecord)
     opt = torch.optim.AdamW(list(layout.trainable().values()), lr=cfg.lr, eps=1e-5, weight_decay=0.0)
     updates = cfg.steps * cfg.ppo_epochs * math.ceil(shape.batch_size / shape.minibatch_size)

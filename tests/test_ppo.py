@@ -3,7 +3,7 @@ import json
 from dataclasses import replace
 import pytest
 from safetensors.torch import load_file
-from dnf_rlhf.core import PRESETS, Run, load_json, run_stage, stage_done
+from dnf_rlhf.core import PRESETS, Policy, Run, UserError, load_json, run_stage, stage_done
 from dnf_rlhf.cli import main
 from dnf_rlhf.ppo import train_ppo, last_ppo_checkpoint, signoff_reward, CHECKPOINT_PREFIX
 
@@ -69,8 +69,11 @@ def test_ppo_command_writes_the_stage(tmp_path, monkeypatch, capsys):
     assert (tmp_path/'ppo'/'adapter'/'adapter_model.safetensors').exists() and (tmp_path/'ppo'/'curves.png').exists()
     with pytest.raises(SystemExit): main(['ppo', '--preset', 'tiny'])  # --out is required
 
-def test_ppo_on_tpu_is_a_clear_error(tmp_path):
-    with pytest.raises(NotImplementedError, match='TPU'): run_stage(Run(PRESETS['tpu'], dir=tmp_path), 'ppo')
+def test_fixed_shapes_refuse_uneven_micro_batches_up_front(tmp_path):
+    xla = Policy('xla', 'bf16', None, False, True)
+    with pytest.raises(UserError, match='divide'):
+        run_stage(Run(PRESETS['tpu'], policy=xla, dir=tmp_path, overrides={'ppo': {'micro_batch_size': 3}}), 'ppo')
+    assert not (tmp_path/'ppo.partial').exists()  # nothing was started
 
 def test_four_bit_shared_layout_trains(tmp_path):
     "The QLoRA path of the GPU presets (NF4 base + LoRA adapters), run on CPU through bitsandbytes: one PPO step and the report."
