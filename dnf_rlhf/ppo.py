@@ -954,9 +954,11 @@ def ppo_accelerator(run:Run):
     AcceleratorState._reset_state()  # a trainer earlier in this process (SFT, RM) leaves its mixed precision behind
     acc = Accelerator(cpu=run.policy.device == 'cpu', mixed_precision='no',  # precision is the models' own (the preset)
                       device_placement=False)  # the models sit where `load_pretrained` put them (cuda:<LOCAL_RANK>)
-    if acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        raise NotImplementedError(f"PPO runs alone or under DDP, not {acc.distributed_type} (the DeepSpeed and FSDP "
-                                  "configs in configs/accelerate/ are for SFT, RM and DPO: TRL's trainers)")
+    kind, n = acc.distributed_type, acc.num_processes  # with torch_xla importable accelerate says XLA, even for one
+    if kind in (DistributedType.DEEPSPEED, DistributedType.FSDP) or kind == DistributedType.XLA and n > 1:
+        raise NotImplementedError(f"PPO runs alone, under DDP or on one XLA device, not {kind} with "
+                                  f"{n} processes (configs/accelerate/'s DeepSpeed and FSDP files are "
+                                  "for SFT, RM and DPO: TRL's trainers)")
     return acc
 
 def _train_ppo(out, run, reward_fn, callbacks, name) -> dict:
@@ -980,7 +982,7 @@ def _train_ppo(out, run, reward_fn, callbacks, name) -> dict:
     if (cp := last_ppo_checkpoint(out)) is not None:  # written by the main process; every process reads it
         ts = load_checkpoint(cp, layout, opt, sched, kl_ctl)
         history, samples, start = ts['history'], ts['samples'], ts['step']
-    model, opt = acc.prepare(layout, opt)  # several processes: DDP averages the gradients of `model(...)` calls
+    model, opt = acc.prepare(layout, opt) if world > 1 else (layout, opt)  # DDP averages the gradients of `model(...)`
     main, share = is_main_process(), shape.batch_size // world
     for step in (bar := tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc='ppo', unit='step',
                              disable=not main)):
