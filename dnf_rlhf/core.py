@@ -161,7 +161,7 @@ PRESETS = {p.name: p for p in [
            sft=TrainShape(16, 1, 1024), rm=TrainShape(16, 1, 1024), ppo=RolloutShape(64, 16, 384, 192)),
     Preset('tpu', BASE_MODELS['polyglot-ko-1.3b'], None, 'bf16',
            sft=TrainShape(8, 2, 512), rm=TrainShape(8, 2, 512), ppo=RolloutShape(16, 8, 256, 128),
-           fixed_shapes=True),
+           fixed_shapes=True, gradient_checkpointing=False),  # torch 2.9's checkpoint has no 'xla' device module
 ]}
 
 def get_preset(name:str) -> Preset:

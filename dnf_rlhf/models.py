@@ -17,7 +17,7 @@ from .chat import prepare_tokenizer
 
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'LLAMA3_STYLE_TEMPLATE', 'STANDINS', 'STANDIN_SIZES', 'base_source', 'lora_targets', 'cuda_device',
-           'load_pretrained', 'load_chat', 'standin_base']
+           'save_adapter', 'load_pretrained', 'load_chat', 'standin_base']
 
 # %% ../nbs/94_models.ipynb #92ed03f4
 def base_source(run:Run) -> tuple[str, dict]:
@@ -50,6 +50,23 @@ def lora_targets(model) -> list[str]:
 def cuda_device() -> str:
     "This process's GPU: `cuda:<LOCAL_RANK>`, one per process under `torchrun` or `accelerate launch` (`cuda:0` alone)."
     return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+
+
+# %% ../nbs/94_models.ipynb #8e707b76
+def save_adapter(model, path, adapter:str='default'):
+    "Adapter `adapter` of the PEFT `model` as PEFT's files in `path`; from an XLA device, written from CPU copies."
+    if next(model.parameters()).device.type != 'xla':
+        model.save_pretrained(path, selected_adapters=[adapter])  # an adapter not named 'default' goes to path/name
+        if adapter != 'default':
+            for f in (Path(path)/adapter).iterdir(): f.rename(Path(path)/f.name)
+            (Path(path)/adapter).rmdir()
+        return
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+    Path(path).mkdir(parents=True, exist_ok=True)
+    model.peft_config[adapter].save_pretrained(str(path))
+    state = get_peft_model_state_dict(model, adapter_name=adapter)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(Path(path)/'adapter_model.safetensors'))
 
 
 # %% ../nbs/94_models.ipynb #0f959b69

@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast
 from .core import *
 from .formats import PPORecord, read_jsonl, write_jsonl
 from .chat import render_prompt, prepare_tokenizer
-from .models import load_pretrained
+from .models import load_pretrained, save_adapter
 from .sft import sft_messages
 from .reward import rm_messages
 from .stats import mean_se, win_rate, fact_accuracy, fact_score, top_answer_share
@@ -336,16 +336,7 @@ class SharedLayout(Layout):
         "The policy adapter in PEFT format at `path` (loads with `PeftModel.from_pretrained`), value head beside it."
         from safetensors.torch import save_file
         with atomic_path(path, folder=True) as tmp:
-            if self.fixed:  # XLA: safetensors cannot read XLA storage, so PEFT's two files are written from CPU copies
-                from peft import get_peft_model_state_dict
-                self.peft.peft_config['policy'].save_pretrained(str(tmp))
-                save_file({k: v.detach().cpu().contiguous() for k, v in
-                           get_peft_model_state_dict(self.peft, adapter_name='policy').items()},
-                          str(tmp/'adapter_model.safetensors'))
-            else:
-                self.peft.save_pretrained(tmp, selected_adapters=['policy'])  # a named adapter is written to tmp/policy
-                for f in (tmp/'policy').iterdir(): f.rename(tmp/f.name)
-                (tmp/'policy').rmdir()
+            save_adapter(self.peft, tmp, 'policy')
             save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()},
                       str(tmp/'value_head.safetensors'))
 

@@ -15,7 +15,7 @@ import torch
 from .core import *
 from .formats import PairRecord, RankedRecord, PPORecord, read_jsonl
 from .chat import build_messages, completion_ids, render_prompt, prepare_tokenizer
-from .models import load_pretrained, load_chat
+from .models import load_pretrained, load_chat, save_adapter
 from .sft import trainer_precision
 from .stats import length_baseline, bow_baseline, mean_se
 from .demo_data import GROUP_TAGS, REJECTION_TYPES, load_splits, record_group
@@ -114,7 +114,7 @@ def train_rm(out, run:Run, normalise:bool=True, callbacks=()) -> dict:
     trainer.train(resume_from_checkpoint=last_checkpoint(out/'checkpoints'))
     if not is_main_process(): return {}  # several processes (DDP): the main one writes the outputs
     model = trainer.model
-    model.save_pretrained(out/'adapter'); tok.save_pretrained(out/'adapter')
+    save_adapter(model, out/'adapter'); tok.save_pretrained(out/'adapter')
     save_json(out/'log_history.json', trainer.state.log_history)
     metrics = {'rm/train_pairs': len(train_pairs), 'rm/test_pairs': len(test_pairs), 'rm/train_seconds': time.time() - t0,
                'rm/processes': rank_world()[1],

@@ -13,7 +13,7 @@ from pathlib import Path
 from .core import *
 from .formats import SFTRecord, PPORecord, read_jsonl, write_jsonl
 from .chat import build_messages, encode_example, generate_answers, is_haeyo, prepare_tokenizer
-from .models import load_pretrained, lora_targets
+from .models import load_pretrained, lora_targets, save_adapter
 
 # %% auto #0
 __all__ = ['SFT', 'SFTStageConfig', 'lora_config', 'load_sft_splits', 'sft_persona', 'sft_messages', 'tokenize_records',
@@ -80,8 +80,9 @@ def last_checkpoint(folder) -> str|None:
     return str(cps[-1]) if cps else None
 
 def trainer_precision(policy:Policy) -> dict:
-    "bf16/fp16/use_cpu flags of a transformers `TrainingArguments` for `policy`."
-    return dict(bf16=policy.dtype == 'bf16', fp16=policy.dtype == 'fp16', use_cpu=policy.device == 'cpu')
+    "bf16/fp16/use_cpu flags of a transformers `TrainingArguments` for `policy` (on XLA also the unfused AdamW)."
+    xla = dict(optim='adamw_torch') if policy.device == 'xla' else {}  # the default fused AdamW has no XLA kernel
+    return dict(bf16=policy.dtype == 'bf16', fp16=policy.dtype == 'fp16', use_cpu=policy.device == 'cpu', **xla)
 
 def peft_wrap(model, cfg:SFTStageConfig, policy:Policy, gradient_checkpointing:bool, task_type='CAUSAL_LM', **kw):
     "Prepare a (possibly 4-bit) model for training and attach a fresh LoRA adapter."
@@ -147,7 +148,7 @@ def train_sft(out, run:Run, callbacks=(), limit:int|None=None) -> dict:
     if not is_main_process(): return {}  # several processes (DDP): the main one writes the outputs
     # 6. outputs
     model = trainer.model
-    model.save_pretrained(out/'adapter'); tok.save_pretrained(out/'adapter')
+    save_adapter(model, out/'adapter'); tok.save_pretrained(out/'adapter')
     evals = [h for h in trainer.state.log_history if 'eval_loss' in h]
     metrics = {'sft/eval_loss_start': load_json(start_file)['eval_loss'],
                'sft/eval_loss_end': min(h['eval_loss'] for h in evals) if evals else None,
