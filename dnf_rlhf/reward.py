@@ -185,7 +185,7 @@ def reward_normalisation(model, tok, run:Run) -> dict:
     for i in range(0, len(recs), shape.batch_size):  # PPO's batches, so the same random draws as its rollouts
         b = to_device(encode_queries(stok, recs[i:i + shape.batch_size], run), lm.device)
         gen = sample_responses(lm, b['query_ids'], b['query_mask'], shape.max_new_tokens, stok.eos_token_id,
-                               stok.pad_token_id, run.cfg('ppo').temperature)
+                               stok.pad_token_id, run.cfg('ppo').temperature, run.policy.fixed_shapes)
         resp, rmask, _ = truncate_after_eos(gen, stok.eos_token_id, stok.pad_token_id)
         # the RM prompt + the raw response tokens, EOS only where it came (no re-tokenised text), as PPO scores them
         seqs += [p[pm.bool()].tolist() + r[m.bool()].tolist()
