@@ -30,10 +30,10 @@ from .demo_data import fact_book
 __all__ = ['CACHE_ARG', 'MIN_SHARED_PREFIX', 'RM_SCORE_KEY', 'CHECKPOINT_PREFIX', 'PPO', 'PPO_FACT', 'logprobs_from_logits',
            'masked_mean', 'masked_var', 'masked_whiten', 'gae', 'kl_estimates', 'token_rewards', 'AdaptiveKLController',
            'ppo_losses', 'PPOStageConfig', 'cpu_threads', 'kl_controller', 'check_ppo_supported',
-           'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'causal_mask',
-           'backbone_hidden', 'Layout', 'response_logprobs', 'SharedLayout', 'SeparateLayout', 'build_layout',
-           'load_layout', 'prompt_widths', 'left_pad', 'encode_queries', 'to_device', 'next_token', 'sample_responses',
-           'truncate_after_eos', 'decode_responses', 'device_sync', 'gumbel_token', 'sample_fixed',
+           'position_ids_from_mask', 'last_token_index', 'dropout_off', 'shared_prefix_len', 'additive_mask',
+           'causal_mask', 'backbone_hidden', 'Layout', 'response_logprobs', 'SharedLayout', 'SeparateLayout',
+           'build_layout', 'load_layout', 'prompt_widths', 'left_pad', 'encode_queries', 'to_device', 'next_token',
+           'sample_responses', 'truncate_after_eos', 'decode_responses', 'device_sync', 'gumbel_token', 'sample_fixed',
            'length_micro_batches', 'rollout', 'penalise_missing_eos', 'score_responses', 'lcs_len', 'signoff_reward',
            'NonFiniteError', 'loss_scaler', 'ppo_step', 'ppo_update', 'batch_indices', 'step_seed', 'save_checkpoint',
            'last_ppo_checkpoint', 'load_checkpoint', 'kl_warning', 'heldout_ppo_records', 'answer_and_score',
@@ -212,14 +212,17 @@ def shared_prefix_len(input_ids:torch.Tensor, mask:torch.Tensor) -> int:
     toks = input_ids.gather(1, cols)
     return int((toks == toks[:1]).all(0).long().cumprod(0).sum())
 
+def additive_mask(allowed:torch.Tensor, dtype) -> torch.Tensor:
+    "A boolean 'may attend' mask as the float mask attention adds to its scores: 0 where allowed, else dtype's minimum."
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
 def causal_mask(mask:torch.Tensor, dtype) -> torch.Tensor:
     "(B, T) padding mask -> (B, 1, T, T) additive causal mask: 0 where a query may attend, else dtype's minimum."
     T = mask.shape[1]
     ar = torch.arange(T, device=mask.device)
     allowed = (ar[None, :] <= ar[:, None])[None] & mask.bool()[:, None, :]  # (B, T, T): key j <= query i, j real
     allowed = allowed | torch.eye(T, dtype=torch.bool, device=mask.device)[None]  # padding sees itself: never all -inf
-    return torch.zeros(allowed.shape, dtype=dtype, device=mask.device).masked_fill(~allowed,
-                                                                                  torch.finfo(dtype).min)[:, None]
+    return additive_mask(allowed[:, None], dtype)
 
 def backbone_hidden(lm, input_ids:torch.Tensor, mask:torch.Tensor, last:int|None=None, cache:bool=False,
                     fixed:bool=False):  # fixed shapes (XLA): an explicit 4-D mask, no shared prefix
@@ -553,12 +556,10 @@ def sample_fixed(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id:int
     from transformers import StaticCache
     head, dev, (B, P) = lm.get_output_embeddings(), input_ids.device, input_ids.shape
     dtype, L = lm.get_input_embeddings().weight.dtype, P + max_new_tokens  # cache columns: the prompt, then the answer
-    additive = lambda allowed: torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill(~allowed,
-                                                                                             torch.finfo(dtype).min)
     kv, ar = StaticCache(config=lm.config, max_cache_len=L), torch.arange(L, device=dev)
     valid = torch.cat([mask.bool(), torch.zeros(B, max_new_tokens, dtype=torch.bool, device=dev)], 1)  # (B, L)
     allowed = (ar[None, :] <= ar[:P, None])[None] & valid[:, None, :] | (ar[None, :] == ar[:P, None])[None]  # (B, P, L)
-    h = lm.base_model(input_ids=input_ids, attention_mask=additive(allowed[:, None]),
+    h = lm.base_model(input_ids=input_ids, attention_mask=additive_mask(allowed[:, None], dtype),
                       position_ids=position_ids_from_mask(mask), use_cache=True,
                       **{CACHE_ARG: kv}).last_hidden_state  # the prompts -> the cache
     logits, pos = head(h[:, -1]), mask.long().sum(1, keepdim=True)  # (B, V), (B, 1) position of each row's next token
@@ -572,7 +573,8 @@ def sample_fixed(lm, input_ids, mask, max_new_tokens:int, eos_id:int, pad_id:int
         done = done | (tok == eos_id)
         if t == max_new_tokens - 1: break
         valid = valid | (ar[None, :] == col)  # (B, L): the fed token's column
-        h = lm.base_model(input_ids=tok[:, None], attention_mask=additive(valid[:, None, None, :]), position_ids=pos,
+        h = lm.base_model(input_ids=tok[:, None], attention_mask=additive_mask(valid[:, None, None, :], dtype),
+                          position_ids=pos,
                           use_cache=True, **{CACHE_ARG: kv}).last_hidden_state  # (B, 1, H)
         logits, pos, col = head(h[:, -1]), pos + 1, col + 1
         device_sync(dev)
