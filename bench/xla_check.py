@@ -5,14 +5,18 @@ fixed shapes (`Policy.fixed_shapes`) PPO pads prompts to a few widths, generates
 KV cache, and keeps every micro-batch one shape: after the first step, no step should compile anything new.
 
 - PPO: `ppo.ppo_step` itself (rollout, RM scores, clipped updates) on the layout `load_layout` builds, fixed shapes.
-- SFT and RM: one optimizer step of each model's loss (the causal-LM loss on answer tokens; the pairwise loss
-  -log sigmoid(r_chosen - r_rejected)) on batches padded to `max_len`, as the trainers' `pad_to_multiple_of` pads them
-  under fixed shapes; the LoRA adapter trained, AdamW. (Not TRL's training loop: its XLA path is accelerate's.)
+- SFT and RM, two ways: (1) one optimizer step of each model's loss (the causal-LM loss on answer tokens; the
+  pairwise loss -log sigmoid(r_chosen - r_rejected)) on batches padded to `max_len`, as the trainers'
+  `pad_to_multiple_of` pads them under fixed shapes; the LoRA adapter trained, AdamW; (2) TRL's own loop, `train_sft`
+  and `train_rm` themselves, counted from one optimizer step's start to the next's (a step's update graph compiles
+  when the next batch is fetched), no evaluation between steps, 20 steps: the trainers log the loss every
+  `logging_steps` (SFT 5, RM 10) and the first logging step compiles that reduction once; the second must compile nothing.
 
 Usage: python bench/xla_check.py --build   (alone, USE_TORCH_XLA=0: builds the cached SFT and RM on the CPU)
        PJRT_DEVICE=CPU python bench/xla_check.py [--steps 5]   Last line: one JSON object.
 """
-import argparse, json, math, sys, time
+import argparse, json, math, sys, tempfile, time
+from dataclasses import replace
 import torch
 import torch.nn.functional as F
 from dnf_rlhf.core import PRESETS, Policy, Run, set_seed
@@ -91,6 +95,22 @@ def loss_steps(run:Run, kind:str, steps:int) -> dict:
     counts, secs, losses = per_step(step, steps)
     return dict(compiles=counts, seconds=secs, finite=all(math.isfinite(l.item()) for l in losses))
 
+def trainer_steps(run:Run, kind:str, steps:int) -> dict:
+    "TRL's loop on the XLA device (`train_sft` or `train_rm`, steps + 1 optimizer steps): compilations of each step."
+    from transformers import TrainerCallback
+    from dnf_rlhf.sft import train_sft
+    from dnf_rlhf.reward import train_rm
+    marks, log = [], {}  # (compilations, time) at each step's start; the trainer's logging interval
+    class Mark(TrainerCallback):
+        def on_step_begin(self, args, *rest, **kwargs):
+            marks.append((compiles(), time.time())); log['steps'] = args.logging_steps
+    over = {kind: dict(max_steps=steps + 1, **({'eval_steps': 10 * steps} if kind == 'sft' else {}))}
+    with tempfile.TemporaryDirectory() as d:
+        m = (train_sft if kind == 'sft' else train_rm)(d, replace(run, overrides=over), callbacks=[Mark()])
+    return dict(compiles=[b[0] - a[0] for a, b in zip(marks, marks[1:])],
+                seconds=[round(b[1] - a[1], 2) for a, b in zip(marks, marks[1:])],
+                logging_steps=log['steps'], finite=all(math.isfinite(v) for v in m.values() if isinstance(v, float)))
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--steps', type=int, default=5, help='steps of each kind')
@@ -103,10 +123,14 @@ def main():
     run = Run(PRESETS['test'], policy=Policy('xla', 'fp32', None, False, True))  # fp32: the CPU has no fast bf16 XLA
     t0 = time.time()
     out = dict(check='xla', device=str(torch_xla.device()), torch=torch.__version__, torch_xla=torch_xla.__version__,
-               ppo=ppo_steps(run, a.steps), sft=loss_steps(run, 'sft', a.steps), rm=loss_steps(run, 'rm', a.steps))
-    later = lambda k: sum(out[k]['compiles'][1:]) if k == 'ppo' else sum(out[k]['compiles'][2:])
-    out['ok'] = bool(later('ppo') == 0 and later('sft') == 0 and later('rm') == 0
-                     and all(out[k]['finite'] for k in ('ppo', 'sft', 'rm')))
+               ppo=ppo_steps(run, a.steps), sft=loss_steps(run, 'sft', a.steps), rm=loss_steps(run, 'rm', a.steps),
+               sft_trl=trainer_steps(run, 'sft', 20), rm_trl=trainer_steps(run, 'rm', 20))
+    kinds = ('ppo', 'sft', 'rm', 'sft_trl', 'rm_trl')
+    # PPO: nothing new after step 1; SFT and RM: after step 2 (step 2 compiles the update with AdamW's state as
+    # inputs); in TRL's loop the first logging step also compiles its loss reduction, once
+    first_log = lambda k: out[k]['compiles'][out[k]['logging_steps'] - 1] if k.endswith('_trl') else 0
+    later = lambda k: sum(out[k]['compiles'][1:]) if k == 'ppo' else sum(out[k]['compiles'][2:]) - first_log(k)
+    out['ok'] = bool(all(later(k) == 0 and out[k]['finite'] for k in kinds))
     out['seconds'] = round(time.time() - t0, 1)
     print(json.dumps(out))
     sys.exit(0 if out['ok'] else 1)

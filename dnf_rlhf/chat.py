@@ -10,7 +10,7 @@ from .core import *
 
 # %% auto #0
 __all__ = ['CONTEXT_LABEL', 'project_chat_template', 'prepare_tokenizer', 'build_messages', 'template_messages', 'render_prompt',
-           'end_of_turn_token', 'completion_ids', 'encode_example', 'generate_answers', 'is_haeyo']
+           'end_of_turn_token', 'completion_ids', 'encode_example', 'fixed_width', 'generate_answers', 'is_haeyo']
 
 # %% ../nbs/01c_chat.ipynb #5c8cdc3a
 def project_chat_template(project:ProjectConfig|None=None) -> str:
@@ -96,29 +96,51 @@ def encode_example(tokenizer, messages:list[dict], answer:str, max_len:int) -> d
     return {'input_ids': p + c, 'completion_mask': [0] * len(p) + [1] * len(c)}
 
 # %% ../nbs/01c_chat.ipynb #8d819090
+def fixed_width(n:int, least:int=32) -> int:
+    "The smallest power of two >= `n` and >= `least`: fixed shapes pad a batch to it, so XLA compiles each width once."
+    w = least
+    while w < n: w *= 2
+    return w
+
 def generate_answers(model, tokenizer, messages_list:list[list[dict]], max_new_tokens:int=128, do_sample:bool=False,
-                     temperature:float=1.0, top_p:float=1.0, batch_size:int=16, seed:int=0) -> list[dict]:
+                     temperature:float=1.0, top_p:float=1.0, batch_size:int=16, seed:int=0,
+                     fixed:bool|None=None) -> list[dict]:  # fixed shapes (PPO's `sample_fixed`); None: on an XLA device
     "Answers to each conversation: {'text', 'ended' (stopped at EOS), 'n_tokens'}; batched, left-padded, KV cache."
     import torch
     from tqdm.auto import tqdm
+    fixed = model.device.type == 'xla' if fixed is None else fixed
+    if fixed and do_sample and top_p < 1:
+        raise ValueError(f"fixed shapes (XLA) sample from the whole distribution: top_p must be 1 (got {top_p})")
     set_seed(seed)
     side, tokenizer.padding_side = tokenizer.padding_side, 'left'
     model.eval(); out = []
+    eos, pad, B = tokenizer.eos_token_id, tokenizer.pad_token_id, min(batch_size, len(messages_list))
     try:
         for i in tqdm(range(0, len(messages_list), batch_size), desc='generate', unit='batch', leave=False,
                       disable=len(messages_list) <= batch_size):
             prompts = [render_prompt(tokenizer, m) for m in messages_list[i:i+batch_size]]
-            enc = tokenizer(prompts, return_tensors='pt', padding=True, add_special_tokens=False).to(model.device)
-            kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
-            with torch.no_grad():
-                g = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                   eos_token_id=tokenizer.eos_token_id, use_cache=True, **kw)
-            for row in g[:, enc['input_ids'].shape[1]:].tolist():
-                ended = tokenizer.eos_token_id in row
-                ids = row[:row.index(tokenizer.eos_token_id)] if ended else [t for t in row if t != tokenizer.pad_token_id]
+            if fixed:  # every batch B rows (a short last one filled), prompts fixed_width wide, max_new_tokens answered
+                from dnf_rlhf.ppo import left_pad, sample_fixed
+                seqs = tokenizer(prompts, add_special_tokens=False)['input_ids']
+                seqs += seqs[:1] * (B - len(seqs))
+                ids, mask = left_pad(seqs, pad, widths=(fixed_width(max(map(len, seqs))),))  # (B, P)
+                lm = model.get_base_model() if hasattr(model, 'get_base_model') else model  # PEFT: adapters stay on
+                resp = sample_fixed(lm, ids.to(model.device), mask.to(model.device), max_new_tokens, eos, pad,
+                                    temperature if do_sample else None)[:len(prompts)]  # (b, max_new_tokens)
+            else:
+                enc = tokenizer(prompts, return_tensors='pt', padding=True, add_special_tokens=False).to(model.device)
+                kw = dict(do_sample=True, temperature=temperature, top_p=top_p) if do_sample else dict(do_sample=False)
+                with torch.no_grad():
+                    g = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos,
+                                       use_cache=True, **kw)
+                resp = g[:, enc['input_ids'].shape[1]:]
+            for row in resp.cpu().tolist():
+                ended = eos in row
+                ids = row[:row.index(eos)] if ended else [t for t in row if t != pad]
                 out.append(dict(text=tokenizer.decode(ids, skip_special_tokens=True).strip(), ended=ended, n_tokens=len(ids)))
     finally: tokenizer.padding_side = side
     return out
+
 
 # %% ../nbs/01c_chat.ipynb #f5c18abd
 import re as _re

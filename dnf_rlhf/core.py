@@ -729,10 +729,10 @@ class Run:
         return self.preset.is_tiny and st.cached and (cache_folder(name, self.key(name))/COMPLETE).exists()
 
     def announce(self, name:str):
-        "Say that stage `name` is being built now, and how long that takes on this preset (`EXPECTED`)."
+        "Say on stderr that stage `name` is being built now and how long that takes (`EXPECTED`): stdout stays the CLI's JSON."
         t = EXPECTED.get(self.preset.size or 'full', {}).get(name, '?')
         print(f"'{name}' 산출물이 없어 지금 만듭니다 (nbs/{get_stage(name).notebook}, 예상 {t}) — building the missing "
-              f"'{name}' stage, about {t} on preset {self.preset.name}", flush=True)
+              f"'{name}' stage, about {t} on preset {self.preset.name}", file=sys.stderr, flush=True)
 
     def manifest(self, out, name:str, **extra) -> dict:
         "Write stage `name`'s manifest into `out`: preset, project, its config, its input files' hashes, versions and commit."

@@ -14,7 +14,7 @@ import torch
 from .core import *
 from .formats import PairRecord
 from .chat import completion_ids, encode_example, render_prompt
-from .models import load_pretrained
+from .models import load_pretrained, save_adapter
 from .sft import sft_messages, trainer_precision, fp32_trainable, keep_4bit_trainable_on_cpu, last_checkpoint
 from .reward import load_pairs, pair_accuracies, group_accuracies
 from .ppo import logprobs_from_logits
@@ -112,7 +112,7 @@ def train_dpo(out, run:Run, callbacks=()) -> dict:
     step0 = trainer.evaluate()['eval_loss']  # policy = reference: log 2
     trainer.train(resume_from_checkpoint=last_checkpoint(out/'checkpoints'))
     model = trainer.model
-    model.save_pretrained(out/'adapter', selected_adapters=['default']); tok.save_pretrained(out/'adapter')
+    save_adapter(model, out/'adapter'); tok.save_pretrained(out/'adapter')
     save_json(out/'log_history.json', trainer.state.log_history)
     kept, loss, r_chosen, r_rejected = implicit_rewards(model, tok, test, run)
     wins = (r_chosen > r_rejected).float().tolist()

@@ -16,7 +16,7 @@ import torch
 from .core import *
 from .formats import PPORecord, read_jsonl, write_jsonl
 from .chat import render_prompt, generate_answers, is_haeyo
-from .models import load_pretrained
+from .models import load_pretrained, save_adapter
 from .sft import sft_messages, trainer_precision, fp32_trainable, keep_4bit_trainable_on_cpu, last_checkpoint
 from .reward import rm_messages, load_rm, score_ids
 from .stats import mean_se, fact_accuracy, fact_score, MAX_ANSWER_TOKENS
@@ -192,7 +192,7 @@ def train_group(out, run:Run, name:str, trainer_cls, args_cls, callbacks=()) -> 
     fp32_trainable(trainer.model)
     trainer.train(resume_from_checkpoint=last_checkpoint(out/'checkpoints'))
     model = trainer.model
-    model.save_pretrained(out/'adapter', selected_adapters=['default']); tok.save_pretrained(out/'adapter')
+    save_adapter(model, out/'adapter'); tok.save_pretrained(out/'adapter')
     # 5. after: the same questions; curves, the before/after table, metrics
     history = trainer.state.log_history
     save_json(out/'log_history.json', history); plot_group_curves(history, out/'curves.png', name.upper())

@@ -77,6 +77,8 @@ def load_pretrained(run:Run, head:str='causal', adapter=None, source=None, polic
     policy = policy or run.policy
     src, kw = (str(source), {}) if source is not None else base_source(run)
     auto, extra = (AutoModelForCausalLM, {}) if head == 'causal' else (AutoModelForSequenceClassification, dict(num_labels=1))
+    if policy.device == 'xla': extra['use_kernels'] = False  # transformers 5 swaps in hub kernels when `kernels` is
+    # installed, and re-kernelizes at each model.train(): kernels knows no 'xla' device (ValueError at SFT's first step)
     model = auto.from_pretrained(src, dtype=torch_dtype(policy), quantization_config=quantization_config(policy),
                                  device_map={'': cuda_device()} if policy.device == 'cuda' else None, **extra, **kw)
     if policy.device == 'xla':

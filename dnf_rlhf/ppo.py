@@ -374,7 +374,7 @@ class SeparateLayout(Layout):
     def save_policy(self, path):
         "The policy adapter in PEFT format at `path`; the value model's weights beside it."
         from safetensors.torch import save_file
-        self.policy.save_pretrained(path)
+        save_adapter(self.policy, path)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.value_model.state_dict().items()}, Path(path)/'value_model.safetensors')
 
 # %% ../nbs/05_ppo.ipynb #ea9565cb

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from .core import *
 from .formats import PairRecord, RankedRecord, PPORecord, read_jsonl
-from .chat import build_messages, completion_ids, render_prompt, prepare_tokenizer
+from .chat import build_messages, completion_ids, render_prompt, prepare_tokenizer, fixed_width
 from .models import load_pretrained, load_chat, save_adapter
 from .sft import trainer_precision
 from .stats import length_baseline, bow_baseline, mean_se
@@ -82,6 +82,7 @@ def score_ids(model, tokenizer, ids_list:list[list[int]], batch_size:int=32, pad
     for i in range(0, len(ids_list), batch_size):
         chunk = ids_list[i:i+batch_size]
         L = max(map(len, chunk))
+        if model.device.type == 'xla': L = fixed_width(L)  # XLA compiles each width once
         pad = lambda x: (x + [tokenizer.pad_token_id] * (L - len(x))) if padding_side == 'right' else ([tokenizer.pad_token_id] * (L - len(x)) + x)
         ids = torch.tensor([pad(x) for x in chunk], device=model.device)
         out.append(model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits[:, 0].float().cpu())
