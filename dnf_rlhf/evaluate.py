@@ -209,19 +209,20 @@ def kl_to_sft(run:Run, name:str, records:list[PPORecord], batch_size:int=16) -> 
     model, tok = load_chat(run, name)
     model.load_adapter(str(run.artifact('sft')/'adapter'), adapter_name='sft_ref')  # SFT beside it, on the same base
     lm, T, R = model.get_base_model(), run.cfg('ppo').temperature, run.preset.ppo.max_new_tokens
-    eos, pad, kls = tok.eos_token_id, tok.pad_token_id, []
+    eos, pad, kls, fx = tok.eos_token_id, tok.pad_token_id, [], run.policy.fixed_shapes  # fx: XLA's fixed shapes
     set_seed(run.cfg('eval').seed)
     with torch.no_grad():
         for i in range(0, len(records), batch_size):
             b = encode_queries(tok, records[i:i + batch_size], run)
             ids, mask = b['query_ids'].to(lm.device), b['query_mask'].to(lm.device)  # (B, P) left-padded
             model.set_adapter('default')
-            resp, rmask, _ = truncate_after_eos(sample_responses(lm, ids, mask, R, eos, pad, T), eos, pad)  # (B, R')
+            resp, rmask, _ = truncate_after_eos(sample_responses(lm, ids, mask, R, eos, pad, T, fx), eos, pad,
+                                                crop=not fx)  # (B, R'), R' = R under fixed shapes
             full, fmask = torch.cat([ids, resp], 1), torch.cat([mask, rmask], 1)
             logps = {}
             for adapter in ('default', 'sft_ref'):
                 model.set_adapter(adapter)
-                logps[adapter] = response_logprobs(lm, full, fmask, resp.shape[1], T)[1]['logprobs']  # (B, R')
+                logps[adapter] = response_logprobs(lm, full, fmask, resp.shape[1], T, fixed=fx)[1]['logprobs']  # (B,R')
             kls += ((logps['default'] - logps['sft_ref']) * rmask).sum(1).tolist()
     del model
     return kls
