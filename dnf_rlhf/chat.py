@@ -141,7 +141,6 @@ def generate_answers(model, tokenizer, messages_list:list[list[dict]], max_new_t
     finally: tokenizer.padding_side = side
     return out
 
-
 # %% ../nbs/01c_chat.ipynb #f5c18abd
 import re as _re
 _sent_split = _re.compile(r'(?<=[.!?…])\s+')

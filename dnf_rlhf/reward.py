@@ -187,10 +187,11 @@ def reward_normalisation(model, tok, run:Run) -> dict:
         b = to_device(encode_queries(stok, recs[i:i + shape.batch_size], run), lm.device)
         gen = sample_responses(lm, b['query_ids'], b['query_mask'], shape.max_new_tokens, stok.eos_token_id,
                                stok.pad_token_id, run.cfg('ppo').temperature, run.policy.fixed_shapes)
-        resp, rmask, _ = truncate_after_eos(gen, stok.eos_token_id, stok.pad_token_id)
+        # read on the CPU: on XLA each row's boolean index below would compile a graph of its own
+        resp, rmask, _ = truncate_after_eos(gen.cpu(), stok.eos_token_id, stok.pad_token_id)
         # the RM prompt + the raw response tokens, EOS only where it came (no re-tokenised text), as PPO scores them
         seqs += [p[pm.bool()].tolist() + r[m.bool()].tolist()
-                 for p, pm, r, m in zip(b['rm_ids'], b['rm_mask'], resp, rmask)]
+                 for p, pm, r, m in zip(b['rm_ids'].cpu(), b['rm_mask'].cpu(), resp, rmask)]
     s = score_ids(model, tok, seqs)
     return dict(mean=float(s.mean()), std=float(s.std().clamp_min(1e-6)), n=len(s))
 
