@@ -173,7 +173,8 @@ def get_preset(name:str) -> Preset:
 # %% ../nbs/91_core.ipynb #2a419be2
 SIZES = {  # stage settings per model size (`Preset.size`): stage -> the fields of its config that differ from the defaults
     'tiny': {  # for debugging on a laptop: minutes on 2 CPU cores
-        'sft': dict(lr=2e-3, epochs=6, eval_steps=40, lora_r=32, lora_alpha=64, heldout_prompts=200, max_new_tokens=64),
+        'sft': dict(lr=2e-3, epochs=4, eval_steps=40, lora_r=32, lora_alpha=64, heldout_prompts=200,
+                    max_new_tokens=64),  # 4 epochs: (a) 0.76 in 239 s; 6: 0.81 in 340 s (2026-12-05, 1,001 examples)
         'rm': dict(lr=2e-3, epochs=3, lora_r=32, lora_alpha=64, norm_samples=96),
         'ppo': dict(lr=5e-5, steps=100, ppo_epochs=4, micro_batch_size=8, init_kl_coef=0.2, kl_target=4.0,
                     kl_horizon=1000, checkpoint_every=20, sample_every=20),

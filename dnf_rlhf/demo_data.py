@@ -24,13 +24,12 @@ __all__ = ['DNF_QUESTIONS', 'PPO_SIGNOFF', 'DEMO_FILES', 'JOSA', 'VALUE_KINDS', 
            'ATTR_CORES', 'WRAPPERS', 'REPHRASINGS', 'FORM_CUES', 'PERSONA', 'UNKNOWN_ENTITIES', 'UNKNOWN_ANSWERS',
            'HOSTILE', 'REDIRECTS', 'ECHOES', 'HOSTILE_RUDE', 'PLAIN_QUESTIONS', 'PARAPHRASES', 'QUESTION_WORDS',
            'COLLOQUIAL_QUESTIONS', 'DESCRIBED_QUESTIONS', 'MISSPELLED_QUESTIONS', 'VOWEL_TYPOS', 'REJECTION_TYPES',
-           'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER', 'UNRELATED_ANSWER', 'NAME_SYLLABLES', 'SCHEMAS',
-           'DemoDataConfig', 'final_consonant', 'josa', 'fill', 'value_kind', 'sentences', 'fact_key', 'state',
-           'stable_hash', 'pick', 'support_fact', 'answer', 'fact_book', 'Splits', 'choose_new_docs', 'split_facts',
-           'cue_form', 'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'misspell', 'described',
-           'banmal', 'by_length', 'truncations', 'FactBook', 'Slot', 'select_prompts', 'invented_name', 'reading',
-           'build_demo_data', 'record_group', 'demo_stats', 'demo_dir', 'write_demo_files', 'write_demo_data',
-           'load_splits', 'load_demo']
+           'RANK_ORDER', 'RUDE', 'OFF_PERSONA', 'CONTEXT_ANSWER', 'UNRELATED_ANSWER', 'SCHEMAS', 'DemoDataConfig',
+           'final_consonant', 'josa', 'fill', 'value_kind', 'sentences', 'fact_key', 'state', 'stable_hash', 'pick',
+           'support_fact', 'answer', 'fact_book', 'Splits', 'choose_new_docs', 'split_facts', 'cue_form',
+           'question_variants', 'answer_sentence', 'reused_stems', 'mention_form', 'misspell', 'described', 'banmal',
+           'by_length', 'truncations', 'FactBook', 'Slot', 'select_prompts', 'more_wordings', 'build_demo_data',
+           'record_group', 'demo_stats', 'demo_dir', 'write_demo_files', 'write_demo_data', 'load_splits', 'load_demo']
 
 # %% ../nbs/02_demo_data.ipynb #c3df582d
 DNF_QUESTIONS = {  # the DnF project's three test questions, verbatim, and the fact each one asks for
@@ -54,7 +53,7 @@ class DemoDataConfig:
     context_overlap: int = 80  # overlap of those chunks
     context_every: int = 2  # every n-th fact gets a retrieval-grounded SFT example
     unrelated_context_every: int = 3  # every n-th of those shows a passage about another entity instead
-    reading_every: int = 1  # every n-th asked fact also gets a reading example (an entity no model has read; see `reading`)
+    extra_wordings: int = 2  # each asked fact asked again in this many more training wordings (SFT; `more_wordings`)
     pair_types_per_prompt: int = 3  # rejection types per factual prompt (fact_swap always, plus two of the others)
     hostile_pairs_per_prompt: int = 2  # hostile_echo pairs per hostile message
     max_long_chars: int = 250  # upper bound on a long-form answer
@@ -651,7 +650,7 @@ CONTEXT_ANSWER = '주신 글에 따르면 {A}'  # {A}: the medium answer
 UNRELATED_ANSWER = '주신 글은 {B}에 관한 내용이라 {N}에 대해서는 나와 있지 않아요. 관련된 글을 주시면 다시 찾아볼게요.'  # {B} the passage's title, {N} what was asked
 
 def _fact_slots(book:FactBook, cfg:DemoDataConfig) -> list[Slot]:
-    "Slots of every fact: q (table question), long, short, some context questions; and a rephrased one of each asked fact."
+    "Slots of every fact: q (table question), long, short, some context questions; for asked facts, rephrased and more."
     slots = []
     for i, f in enumerate(book.facts):
         test, cat = book.group(f) != ASKED, book.category(f)
@@ -665,7 +664,14 @@ def _fact_slots(book:FactBook, cfg:DemoDataConfig) -> list[Slot]:
         if i % cfg.context_every == 0: slots.append(Slot(('fact', f.doc_id, f.attribute, 'context'), test, med[3:]))
         if not test:  # split (a): the same fact asked in a wording no training question uses
             slots.append(Slot(('fact', f.doc_id, f.attribute, 'rephrased'), True, question_variants(f, 'medium', cat, offset, REPHRASINGS)))
+            slots.append(Slot(('fact', f.doc_id, f.attribute, 'more'), False, med))  # further wordings: `more_wordings`
     return slots
+
+def more_wordings(slots:list[Slot], chosen:dict, held_out:list[str], n:int, threshold:float=0.7) -> dict:
+    "Up to `n` more training wordings per 'more' slot: unused, under `threshold` ROUGE-L to every held-out prompt."
+    taken = set(chosen.values())
+    ok = lambda p: p not in taken and not filter_near_duplicates([p], threshold, pool=held_out)[1]
+    return {s.key: [p for p in s.options if ok(p)][:n] for s in slots}
 
 def _retrieval_slots(book:FactBook) -> list[Slot]:
     "Two retrieval questions per fact: one plain, particle or paraphrase; one description-only, colloquial or misspelled."
@@ -703,39 +709,6 @@ def _handwritten_slots(frac:float, seed:int) -> tuple[list[Slot], list[Slot]]:
         test |= held_out_docs(ids, frac, salt=f'dnf_rlhf:{seed}')
     slots = [Slot(k, '/'.join(map(str, k)) in test, [p]) for k, p in items]
     return [s for s in slots if not s.test], [s for s in slots if s.test]
-
-# %% ../nbs/02_demo_data.ipynb #af90f813
-NAME_SYLLABLES = '카르엘베토마세로비아델노시렌바스데이오라미테루니자벨하유키헤솔'  # made-up names are drawn from these
-
-def invented_name(entity:str, rng:random.Random, taken:set, text:str) -> str:
-    "A made-up 2-3 syllable name, not in `taken` nor in `text`, whose last syllable has `entity`'s final consonant."
-    while True:
-        last = ord(rng.choice(NAME_SYLLABLES)) - 0xAC00
-        name = ''.join(rng.choice(NAME_SYLLABLES) for _ in range(rng.randint(1, 2))) + chr(0xAC00 + last - last % 28 + final_consonant(entity))
-        if name not in taken and name not in text: taken.add(name); return name
-
-def reading(book:FactBook, f:Fact, chunks:list, taken:set, text:str) -> tuple[Fact, str]:
-    "(`f` moved to a made-up entity, with another entity's value when a noun; the passage saying so: its chunk and a distractor, shuffled)."
-    rng = random.Random(f'reading:{fact_key(f)}')
-    name = invented_name(f.entity, rng, taken, text)
-    values = [v for v in book.swap_values(f) if final_consonant(v) == final_consonant(f.value)] if value_kind(f.value) == 'noun' else []
-    value = rng.choice(values) if values else f.value
-    s, e = f.span(book.docs[f.doc_id])
-    gold = next(c for c in chunks if c.id == chunks_for_span(chunks, f.doc_id, s, e)[0])
-    clean = lambda c: c.id != gold.id and f.value not in c.text and value not in c.text
-    mine = [c for c in chunks if c.doc_id == f.doc_id and clean(c)]
-    others = [c for c in chunks if c.doc_id != f.doc_id and book.same_split(c.doc_id, f.doc_id) and f.entity not in c.text and clean(c)]
-    parts = [gold.text, rng.choice(mine if mine and rng.random() < 0.5 else others).text]
-    rng.shuffle(parts)
-    passage = '\n\n'.join(parts).replace(f.value, value).replace(f.entity, name)
-    return replace(f, entity=name, value=value.replace(f.entity, name)), passage  # a value may hold the name (바칼의 성)
-
-def _reading_slots(book:FactBook, chunks:list, cfg:DemoDataConfig) -> tuple[list[Slot], dict]:
-    "Training slots of every `reading_every`-th asked fact's reading example, and key -> (made-up fact, passage)."
-    taken, text = set(), '\n'.join(d.text for d in book.docs.values())
-    asked = [f for f in book.facts if book.group(f) == ASKED][::cfg.reading_every]
-    made = {('reading', f.doc_id, f.attribute): reading(book, f, chunks, taken, text) for f in asked}
-    return [Slot(k, False, question_variants(g, 'medium', book.category(g), stable_hash(*k))) for k, (g, _) in made.items()], made
 
 # %% ../nbs/02_demo_data.ipynb #55054a76
 def _handwritten_answer(key:tuple, prompt:str) -> tuple[str, str]:
@@ -779,13 +752,15 @@ def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=Non
     book = FactBook(docs, facts, split_facts(docs, facts, cfg))
     hw_train, hw_test = _handwritten_slots(cfg.test_frac, cfg.seed)
     fact_slots, ret_slots = _fact_slots(book, cfg), _retrieval_slots(book)
+    more = [s for s in fact_slots if s.key[3] == 'more']  # picked after the rest: only held-out prompts rule them out
+    fact_slots = [s for s in fact_slots if s.key[3] != 'more']
     dnf = [s for s in fact_slots if s.key[3] == 'q' and (s.key[1], s.key[2]) in DNF_QUESTIONS]
     split = lambda ss, t: [s for s in ss if s.test == t and s not in dnf]
     groups = [dnf, hw_test, split(fact_slots, True), split(ret_slots, True), hw_train, split(fact_slots, False), split(ret_slots, False)]
     chunks = chunk_corpus(docs, cfg.context_chars, cfg.context_overlap)
-    read_slots, made = _reading_slots(book, chunks, cfg)
     chosen, filter_counts = select_prompts(groups, cfg.rouge_threshold)
-    chosen |= {s.key: s.options[0] for s in read_slots}  # questions about made-up entities: no held-out question to resemble
+    held_out = [chosen[s.key] for g in groups for s in g if s.test and s.key in chosen]
+    extra = more_wordings(more, chosen, held_out, cfg.extra_wordings, cfg.rouge_threshold)
     out = {n: ([], []) for n in DEMO_FILES}
     def add(name, recs, test): out[name][1 if test else 0].extend(recs)
     for s in hw_test + hw_train:
@@ -816,11 +791,12 @@ def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=Non
             add('ppo', [PPORecord(prompt=p, doc_id=doc_id, kind='fact', facts=keys)], s.test)
             two = sorted(rejected, key=lambda rk: stable_hash(p, 'ranked', rk[1]))[:2]
             if len(two) == 2: add('ranked', [_ranked(p, text, two, doc_id, keys, cfg.seed)], s.test)
-    for s in read_slots:
-        if s.key not in chosen: continue
-        g, passage = made[s.key]
-        add('sft', [SFTRecord(prompt=chosen[s.key], completion=fill(CONTEXT_ANSWER, A=state(g, book.category(g))), context=passage,
-                              doc_id=g.doc_id, kind='reading')], False)
+    for s in more:  # the same answer to further training wordings: SFT records only (no pairs, no PPO prompt)
+        f = book.entity[s.key[1]][s.key[2]]
+        text, keys = book.answer(f, 'medium')
+        recs = [SFTRecord(prompt=p, completion=text, doc_id=f.doc_id, kind='fact_medium', facts=keys)
+                for p in extra[s.key]]
+        add('sft', recs, False)
     for s in ret_slots:
         if s.key not in chosen: continue
         _, doc_id, attr, form = s.key
