@@ -9,7 +9,7 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/demo_data.html.md"""
 from __future__ import annotations
 import functools, hashlib, random, re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from .core import data_dir, in_test, load_json, save_json
 from .lore import Doc, Fact, load_corpus, load_facts, chunk_corpus, chunks_for_span, sentence_spans
@@ -649,9 +649,9 @@ def select_prompts(groups:list[list[Slot]], threshold:float=0.7) -> tuple[dict, 
 CONTEXT_ANSWER = '주신 글에 따르면 {A}'  # {A}: the medium answer
 UNRELATED_ANSWER = '주신 글은 {B}에 관한 내용이라 {N}에 대해서는 나와 있지 않아요. 관련된 글을 주시면 다시 찾아볼게요.'  # {B} the passage's title, {N} what was asked
 
-def _fact_slots(book:FactBook, cfg:DemoDataConfig) -> list[Slot]:
-    "Slots of every fact: q (table question), long, short, some context questions; for asked facts, rephrased and more."
-    slots = []
+def _fact_slots(book:FactBook, cfg:DemoDataConfig) -> tuple[list[Slot], list[Slot]]:
+    "(every fact's slots: q, long, short, some context; (a)'s rephrased ones), and each asked fact's 'more' slot."
+    slots, more = [], []
     for i, f in enumerate(book.facts):
         test, cat = book.group(f) != ASKED, book.category(f)
         # rotate phrasings over the entities sharing an attribute and over the attributes of one entity
@@ -664,8 +664,8 @@ def _fact_slots(book:FactBook, cfg:DemoDataConfig) -> list[Slot]:
         if i % cfg.context_every == 0: slots.append(Slot(('fact', f.doc_id, f.attribute, 'context'), test, med[3:]))
         if not test:  # split (a): the same fact asked in a wording no training question uses
             slots.append(Slot(('fact', f.doc_id, f.attribute, 'rephrased'), True, question_variants(f, 'medium', cat, offset, REPHRASINGS)))
-            slots.append(Slot(('fact', f.doc_id, f.attribute, 'more'), False, med))  # further wordings: `more_wordings`
-    return slots
+            more.append(Slot(('fact', f.doc_id, f.attribute, 'more'), False, med))  # filled by `more_wordings`
+    return slots, more
 
 def more_wordings(slots:list[Slot], chosen:dict, held_out:list[str], n:int, threshold:float=0.7) -> dict:
     "Up to `n` more training wordings per 'more' slot: unused, under `threshold` ROUGE-L to every held-out prompt."
@@ -751,9 +751,7 @@ def build_demo_data(cfg:DemoDataConfig=DemoDataConfig(), docs:list[Doc]|None=Non
     facts = facts if facts is not None else load_facts(docs=docs)
     book = FactBook(docs, facts, split_facts(docs, facts, cfg))
     hw_train, hw_test = _handwritten_slots(cfg.test_frac, cfg.seed)
-    fact_slots, ret_slots = _fact_slots(book, cfg), _retrieval_slots(book)
-    more = [s for s in fact_slots if s.key[3] == 'more']  # picked after the rest: only held-out prompts rule them out
-    fact_slots = [s for s in fact_slots if s.key[3] != 'more']
+    (fact_slots, more), ret_slots = _fact_slots(book, cfg), _retrieval_slots(book)  # `more`: filled after the rest
     dnf = [s for s in fact_slots if s.key[3] == 'q' and (s.key[1], s.key[2]) in DNF_QUESTIONS]
     split = lambda ss, t: [s for s in ss if s.test == t and s not in dnf]
     groups = [dnf, hw_test, split(fact_slots, True), split(ret_slots, True), hw_train, split(fact_slots, False), split(ret_slots, False)]
