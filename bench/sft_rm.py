@@ -10,6 +10,8 @@ rm_accuracy_vaiv / rm_length_baseline_vaiv next to that project's published RM v
 Also `lm_prefers_true_*`: how often the base and SFT language models give the true answer of a fact-swap pair the
 higher log-probability (SFT also with the lore sentence that states the fact as retrieved context), on held-out and
 training pairs. 0.5 is chance: a reward model cannot read knowledge its backbone does not hold (issue #7's fact-swap target).
+And `sft_loglik_<group>_*`: every held-out pair ranked by SFT's own log-likelihood of each answer, as rm_<group>_* are
+(accuracy, kind_mean, accuracy_fact_swap): what a reward read off the language-model head would start from.
 Artifacts are cached (DNF_RLHF_CACHE), so a second run reports the recorded training seconds without retraining.
 """
 import json, os, sys, tempfile, time
@@ -40,11 +42,11 @@ def vaiv_rm(run) -> dict:
             'rm_bow_baseline_vaiv': m['rm/bow_baseline'], 'rm_pairs_vaiv': m['rm/train_pairs'], 'rm_seconds_vaiv': m['rm/train_seconds'],
             'rm_accuracy_vaiv_published_v1': 0.65}
 
-def answer_logprob(model, tok, prompt:str, answer:str, context:str|None=None) -> float:
+def answer_logprob(model, tok, prompt:str, answer:str, context:str|None=None, persona:str|None=None) -> float:
     "Sum of the answer tokens' log-probabilities (answer + EOS) after the rendered prompt: the tokens SFT trains on."
     import torch
     from dnf_rlhf.chat import build_messages, encode_example
-    ex = encode_example(tok, build_messages(prompt, context=context), answer, tok.model_max_length)
+    ex = encode_example(tok, build_messages(prompt, context=context, persona=persona), answer, tok.model_max_length)
     ids, is_answer = torch.tensor([ex['input_ids']]), torch.tensor(ex['completion_mask'][1:]).bool()
     with torch.no_grad(): logp = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)  # position t predicts token t + 1
     return float(logp.gather(-1, ids[0, 1:, None])[:, 0][is_answer].sum())
@@ -68,6 +70,19 @@ def knowledge_probe(run) -> dict:
             wins = [answer_logprob(model, tok, p.prompt, p.chosen, ctx(p)) > answer_logprob(model, tok, p.prompt, p.rejected, ctx(p)) for p in pairs]
             out[f'lm_prefers_true_{r}_{name}'] = round(sum(wins) / len(wins), 3)
     return out
+
+def lm_reward_by_group(run) -> dict:
+    "Every held-out pair ranked by SFT's log-likelihood of each answer (its training persona), per group of 02's split."
+    from dnf_rlhf.models import load_chat
+    from dnf_rlhf.reward import group_accuracies
+    from dnf_rlhf.sft import sft_persona
+    sft, tok = load_chat(run, 'sft')
+    pairs, persona = load_pairs(run.project, 'test'), sft_persona(run)
+    lp = lambda p, a: answer_logprob(sft, tok, p.prompt, a, persona=persona)
+    wins = [float(lp(p, p.chosen) > lp(p, p.rejected)) for p in pairs]
+    m = group_accuracies(pairs, wins, run.project, prefix='sft_loglik_')
+    keep = ('/accuracy', '/kind_mean', '/accuracy_fact_swap')
+    return {k.replace('/', '_'): v for k, v in m.items() if k.endswith(keep)}
 
 def closed_book_by_group(run) -> dict:
     "SFT's closed-book factual accuracy (mean, SE) on the evaluation's fact questions of each group: greedy, <= 64 new tokens."
@@ -107,5 +122,6 @@ if __name__ == '__main__':
            **{k.replace('/', '_'): v for k, v in r.items() if k.startswith(('rm/a/', 'rm/b/', 'rm/new/'))}}  # 02's groups
     out.update(closed_book_by_group(run))
     out.update(knowledge_probe(run))
+    out.update(lm_reward_by_group(run))
     out.update(vaiv_rm(run))
     print(json.dumps(out, ensure_ascii=False))
