@@ -11,7 +11,8 @@ Also `lm_prefers_true_*`: how often the base and SFT language models give the tr
 higher log-probability (SFT also with the lore sentence that states the fact as retrieved context), on held-out and
 training pairs. 0.5 is chance: a reward model cannot read knowledge its backbone does not hold (issue #7's fact-swap target).
 And `sft_loglik_<group>_*`: every held-out pair ranked by SFT's own log-likelihood of each answer, as rm_<group>_* are
-(accuracy, kind_mean, accuracy_fact_swap): what a reward read off the language-model head would start from.
+(accuracy, kind_mean, accuracy_fact_swap): where tiny's reward model (rm.head='lm', SimPO's reward from SFT's adapter)
+starts before its training; the VAIV model keeps a score head (SCORE_HEAD), like the published one.
 Artifacts are cached (DNF_RLHF_CACHE), so a second run reports the recorded training seconds without retraining.
 """
 import json, os, sys, tempfile, time
@@ -23,6 +24,7 @@ from dnf_rlhf.formats import write_jsonl
 from dnf_rlhf.reward import train_rm, load_pairs  # registers the tinybase, sft and rm stages
 
 SHARED = Path(__file__).resolve().parent.parent.parent/'shared'/'data'/'vaiv'
+SCORE_HEAD = dict(head='score', with_persona=False, lr=2e-3, epochs=3)  # tiny's RM before the LM head (2026-12-05)
 
 def timed(fn):
     t = time.time(); r = fn(); return r, round(time.time() - t, 1)
@@ -35,7 +37,7 @@ def vaiv_rm(run) -> dict:
         for split in ('train', 'test'):
             pairs = [p for f in ('conversation', 'hatespeech', 'translation') for p in load_vaiv(SHARED/f'{f}_{split}.json')]
             write_jsonl(Path(d)/f'pairs_{split}.jsonl', pairs)
-        run = replace(run, dir=d)
+        run = replace(run, dir=d, overrides={'rm': SCORE_HEAD})  # a score head: VAIV's published RMs are classifiers
         run_stage(run, 'tinybase')  # the project's tiny base, not one trained on the VAIV folder
         m = train_rm(Path(d)/'rm', replace(run, project=ProjectConfig(datasets_dir=d)), normalise=False)
     return {'rm_accuracy_vaiv': m['rm/accuracy'], 'rm_length_baseline_vaiv': m['rm/length_baseline'],

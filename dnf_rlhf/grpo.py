@@ -84,7 +84,8 @@ def rm_reward_fn(run:Run):
     def rm(question, completion_ids, **_):
         enc = lambda q: tok(render_prompt(tok, rm_messages(q, run)), add_special_tokens=False)['input_ids']
         prompt = {q: enc(q) for q in set(question)}
-        raw = score_ids(model, tok, [prompt[q] + ids for q, ids in zip(question, completion_ids)])  # the raw tokens
+        raw = score_ids(model, tok, [prompt[q] + ids for q, ids in zip(question, completion_ids)],  # the raw tokens
+                        [len(prompt[q]) for q in question])
         ended = torch.tensor([bool(ids) and ids[-1] == tok.eos_token_id for ids in completion_ids])
         return penalise_missing_eos((raw - norm['mean']) / norm['std'], ended, penalty).tolist()
     return rm

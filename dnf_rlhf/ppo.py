@@ -1,4 +1,4 @@
-"""정책(LoRA), 기준 모델(고정된 SFT 어댑터), 보상 모델(LoRA + 점수 층), 가치 머리를 기반 모델 **하나**에 얹어
+"""정책(LoRA), 기준 모델(고정된 SFT 어댑터), 보상 모델(LoRA + 점수 층, 또는 언어 모델 머리), 가치 머리를 기반 모델 **하나**에 얹어
 무료 Colab GPU에 들어가게 하고, 식 하나하나를 코드 바로 위에 두고 테스트합니다.
 
 Docs: https://dnf-rlhf.github.io/dnf_rlhf/ppo.html.md"""
@@ -22,7 +22,7 @@ from .formats import PPORecord, read_jsonl, write_jsonl
 from .chat import render_prompt, prepare_tokenizer
 from .models import load_pretrained, save_adapter
 from .sft import sft_messages
-from .reward import rm_messages
+from .reward import rm_messages, rm_head, lm_rewards
 from .stats import mean_se, win_rate, fact_accuracy, fact_score, top_answer_share
 from .demo_data import fact_book
 
@@ -260,7 +260,7 @@ class Layout(nn.Module):
                  reference:bool=False) -> torch.Tensor: raise NotImplementedError
     def policy_forward(self, input_ids, mask, n_resp:int, temperature:float, entropy:bool=False) -> dict: raise NotImplementedError
     def ref_logprobs(self, input_ids, mask, n_resp:int, temperature:float) -> torch.Tensor: raise NotImplementedError
-    def reward(self, input_ids, mask) -> torch.Tensor: raise NotImplementedError
+    def reward(self, input_ids, mask, n_resp:int) -> torch.Tensor: raise NotImplementedError
     def save_policy(self, path): raise NotImplementedError
 
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -295,6 +295,11 @@ def response_logprobs(lm, input_ids, mask, n_resp:int, temperature:float, entrop
     logprobs, ent = logprobs_from_logits(logits, tokens, temperature, with_entropy=True)
     return h, dict(logprobs=put(logprobs), entropy=put(ent))
 
+def _lm_reward(lm, input_ids, mask, n_resp:int) -> torch.Tensor:
+    "04's LM-head reward (`lm_rewards`) of each row's last `n_resp` tokens, the response, (B,)."
+    starts = torch.full((len(input_ids),), input_ids.shape[1] - n_resp, device=input_ids.device)  # (B,)
+    return lm_rewards(lm, input_ids, mask, starts)
+
 def _score_at_last(lm, head:nn.Module, input_ids, mask, fixed:bool=False) -> torch.Tensor:
     "A scalar head read at each row's last real token, (B,)."
     h = backbone_hidden(lm, input_ids, mask, fixed=fixed)  # (B, T, H)
@@ -303,10 +308,11 @@ def _score_at_last(lm, head:nn.Module, input_ids, mask, fixed:bool=False) -> tor
 
 # %% ../nbs/05_ppo.ipynb #1833f059
 class SharedLayout(Layout):
-    "One base model carrying LoRA adapters 'policy' (trainable), 'ref' and 'reward' (frozen), a frozen score head and a value head."
-    def __init__(self, peft_model, score_head:nn.Linear, value_head:nn.Linear):
+    "One base with LoRA adapters 'policy' (trainable), 'ref', 'reward' (frozen), a score head (or None), a value head."
+    def __init__(self, peft_model, score_head:nn.Linear|None, value_head:nn.Linear):
         super().__init__()
-        self.peft, self.score_head, self.value_head = peft_model, score_head.requires_grad_(False), value_head
+        self.peft, self.value_head = peft_model, value_head
+        self.score_head = score_head.requires_grad_(False) if score_head is not None else None
         self.lm = peft_model.get_base_model()  # the transformers model with LoRA layers injected
 
     def _use(self, adapter:str):
@@ -331,8 +337,9 @@ class SharedLayout(Layout):
         return response_logprobs(self.lm, input_ids, mask, n_resp, temperature, fixed=self.fixed)[1]['logprobs']
 
     @torch.no_grad()
-    def reward(self, input_ids, mask):
+    def reward(self, input_ids, mask, n_resp):
         self._use('reward')
+        if self.score_head is None: return _lm_reward(self.lm, input_ids, mask, n_resp)
         return _score_at_last(self.lm, self.score_head, input_ids, mask, self.fixed)
 
     def save_policy(self, path):
@@ -367,8 +374,9 @@ class SeparateLayout(Layout):
                                  fixed=self.fixed)[1]['logprobs']
 
     @torch.no_grad()
-    def reward(self, input_ids, mask):
+    def reward(self, input_ids, mask, n_resp):
         rm = self.reward_model.get_base_model()
+        if rm_head(rm) == 'lm': return _lm_reward(rm, input_ids, mask, n_resp)
         return _score_at_last(rm, rm.score, input_ids, mask, self.fixed)
 
     def save_policy(self, path):
@@ -380,17 +388,20 @@ class SeparateLayout(Layout):
 # %% ../nbs/05_ppo.ipynb #ea9565cb
 RM_SCORE_KEY = 'base_model.model.score.weight'  # the RM adapter file's score head (saved through modules_to_save)
 
-def _rm_adapter_parts(rm_adapter) -> tuple[dict, torch.Tensor, object]:
-    "(backbone LoRA weights, score weight (1, hidden), LoraConfig) of a saved reward-model adapter."
+def _rm_adapter_parts(rm_adapter) -> tuple[dict, torch.Tensor|None, object]:
+    "(backbone LoRA weights, score weight (1, hidden) or None for an LM-head RM, LoraConfig) of a saved RM adapter."
     from safetensors.torch import load_file
     from peft import LoraConfig
-    sd = load_file(str(Path(rm_adapter)/'adapter_model.safetensors'))
+    sd, lora = load_file(str(Path(rm_adapter)/'adapter_model.safetensors')), LoraConfig.from_pretrained(str(rm_adapter))
+    if lora.task_type != 'SEQ_CLS': return sd, None, lora  # 04's head='lm': the reward is read off the LM head
     if RM_SCORE_KEY not in sd: raise KeyError(f"{rm_adapter}: no {RM_SCORE_KEY} (was the RM trained with modules_to_save=['score']?)")
-    return sd, sd.pop(RM_SCORE_KEY), LoraConfig.from_pretrained(str(rm_adapter))
+    return sd, sd.pop(RM_SCORE_KEY), lora
 
-def _value_head(hidden:int, score_w:torch.Tensor, value_init:str, device) -> nn.Linear:
+def _value_head(hidden:int, score_w:torch.Tensor|None, value_init:str, device) -> nn.Linear:
     "The value head (fp32) on `device`: zero, or the reward model's score weights; bias 0."
     if value_init not in ('zero', 'rm'): raise ValueError(f"value_init must be 'zero' or 'rm', not {value_init!r}")
+    if value_init == 'rm' and score_w is None:
+        raise ValueError("value_init='rm' needs a score-head reward model (rm.head='score')")
     head = nn.Linear(hidden, 1, device=device)
     with torch.no_grad():
         head.bias.zero_()
@@ -422,16 +433,18 @@ def build_layout(kind:str, load_model, sft_adapter, rm_adapter, value_init:str='
         missing = [k for k in res.missing_keys if '.reward.' in k]
         if missing or res.unexpected_keys: raise ValueError(f"{rm_adapter}: RM adapter does not fit the base: {(missing + res.unexpected_keys)[:3]}")
         hidden, dev = base.config.hidden_size, base.device  # the heads read hidden states where the base puts them
-        score = nn.Linear(hidden, 1, bias=False, device=dev)
-        with torch.no_grad(): score.weight.copy_(score_w.float())
+        score = None if score_w is None else nn.Linear(hidden, 1, bias=False, device=dev)
+        if score is not None:
+            with torch.no_grad(): score.weight.copy_(score_w.float())
         layout = SharedLayout(dropout_off(pm), score, _value_head(hidden, score_w, value_init, dev))
     elif kind == 'separate':
         policy = PeftModel.from_pretrained(_prepare(load_model('causal'), gradient_checkpointing), str(sft_adapter), is_trainable=True)
         ref = PeftModel.from_pretrained(load_model('causal'), str(sft_adapter)).eval()
-        reward = PeftModel.from_pretrained(load_model('seq_cls'), str(rm_adapter)).eval()
+        rm_base = load_model('seq_cls' if score_w is not None else 'causal')  # 04's head='score' or head='lm'
+        reward = PeftModel.from_pretrained(rm_base, str(rm_adapter)).eval()
         value = _prepare(load_model('value'), gradient_checkpointing)
         w = value.score.weight
-        with torch.no_grad(): w.copy_(_value_head(score_w.shape[1], score_w, value_init, w.device).weight)
+        with torch.no_grad(): w.copy_(_value_head(w.shape[1], score_w, value_init, w.device).weight)
         layout = SeparateLayout(dropout_off(policy), dropout_off(ref), dropout_off(reward), value.requires_grad_(True))
     else: raise ValueError(f"layout must be 'shared' or 'separate', not {kind!r}")
     layout.policy_mode()
@@ -631,7 +644,7 @@ def score_responses(layout:Layout, tok, batch:dict, ro:dict, norm:dict, run:Run,
     else:
         ids = torch.cat([batch['rm_ids'], resp], 1)  # (B, P' + R): RM prompt + the policy's tokens
         mask = torch.cat([batch['rm_mask'], rmask], 1)
-        raw = torch.cat([layout.reward(ids[sl], mask[sl]).float().cpu()
+        raw = torch.cat([layout.reward(ids[sl], mask[sl], resp.shape[1]).float().cpu()
                          for sl in _chunks(len(ids), cfg.micro_batch_size)])  # (B,)
         normed = (raw - norm['mean']) / norm['std']
     book = fact_book(run.project.facts_file()) if asked is not None else None

@@ -1,5 +1,5 @@
-"""사람(또는 심판 모델)이 더 낫다고 고른 답에 더 높은 점수를 주는 모델을 TRL `RewardTrainer` + LoRA로 학습하고,
-길이나 단어만 보고 맞히는 것은 아닌지, 모든 입력에 같은 점수를 주지는 않는지 검사합니다.
+"""사람(또는 심판 모델)이 더 낫다고 고른 답에 더 높은 점수를 주는 모델을 LoRA로 학습하고(점수 층: TRL `RewardTrainer`,
+또는 언어 모델 머리: SimPO의 보상), 길이나 단어만 보고 맞히는 것은 아닌지, 모든 입력에 같은 점수를 주지는 않는지 검사합니다.
 
 Docs: https://dnf-rlhf.github.io/dnf_rlhf/reward_model.html.md"""
 
@@ -21,8 +21,9 @@ from .stats import length_baseline, bow_baseline, mean_se
 from .demo_data import GROUP_TAGS, REJECTION_TYPES, load_splits, record_group
 
 # %% auto #0
-__all__ = ['RM', 'RMStageConfig', 'rm_messages', 'rm_input_ids', 'load_pairs', 'tokenize_pairs', 'score_ids', 'train_rm',
-           'pair_accuracies', 'group_accuracies', 'rm_diagnostics', 'reward_normalisation', 'load_rm']
+__all__ = ['RM', 'RMStageConfig', 'rm_messages', 'rm_prompt_ids', 'rm_input_ids', 'load_pairs', 'tokenize_pairs', 'rm_head',
+           'lm_rewards', 'score_ids', 'simpo_trainer', 'train_rm', 'pair_accuracies', 'group_accuracies',
+           'rm_diagnostics', 'reward_normalisation', 'load_rm']
 
 # %% ../nbs/04_reward_model.ipynb #4667e44b
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class RMStageConfig:
     warmup_ratio: float = 0.05  # linear warm-up share
     center_rewards_coefficient: float|None = 0.01  # pulls mean reward to 0 (Eisenstein et al. 2023, in TRL)
     with_persona: bool = False  # the persona line is identical in every prompt: no signal for the score, only cost
+    head: str = 'score'  # 'score': a scalar head on the last token (InstructGPT); 'lm': SimPO's reward, from SFT's LM
+    beta: float = 2.0  # 'lm': SimPO's β, the reward's scale in the loss (Meng et al. 2024 use 2.0 and 2.5)
+    margin: float = 0.5  # 'lm': SimPO's target margin γ = 0.25 β (the authors search γ/β in 0.25-0.4)
     norm_samples: int = 128  # SFT answers scored to fit the reward normalisation (mean 0, std 1)
     collapse_std: float = 1e-3  # fail when scores of unrelated inputs have a smaller standard deviation
     max_steps: int = -1  # cap on optimizer steps (-1: the epochs decide)
@@ -46,9 +50,13 @@ def rm_messages(prompt:str, run:Run, context:str|None=None) -> list[dict]:
     "The conversation the reward model scores an answer to."
     return build_messages(prompt, context=context, persona=run.project.persona if run.cfg('rm').with_persona else None)
 
+def rm_prompt_ids(tokenizer, messages:list[dict]) -> list[int]:
+    "Token ids of the rendered prompt: the answer the reward model reads starts after them."
+    return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)['input_ids']
+
 def rm_input_ids(tokenizer, messages:list[dict], answer:str, ended:bool=True) -> list[int]:
     "Token ids the reward model reads: rendered prompt + answer + EOS, the EOS only if the answer `ended` (as in PPO)."
-    prompt_ids = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)['input_ids']
+    prompt_ids = rm_prompt_ids(tokenizer, messages)
     answer_ids = completion_ids(tokenizer, messages, answer)  # ends with EOS
     return prompt_ids + (answer_ids if ended else answer_ids[:-1])
 
@@ -65,60 +73,121 @@ def load_pairs(project:ProjectConfig|None=None, split:str='train') -> list[PairR
     return out
 
 def tokenize_pairs(pairs:list[PairRecord], tokenizer, run:Run):
-    "A `datasets.Dataset` of chosen_ids / rejected_ids (TRL's pre-tokenized reward format) and the longer one's `length`."
+    "A `datasets.Dataset`: chosen_ids / rejected_ids (TRL's reward format), answer `start`, the longer one's `length`."
     from datasets import Dataset
     rows = []
     for p in pairs:
         m = rm_messages(p.prompt, run)
         c, r = rm_input_ids(tokenizer, m, p.chosen), rm_input_ids(tokenizer, m, p.rejected)
-        rows.append(dict(chosen_ids=c, rejected_ids=r, length=max(len(c), len(r))))  # `length`: what length-grouped batches sort by
+        rows.append(dict(chosen_ids=c, rejected_ids=r, start=len(rm_prompt_ids(tokenizer, m)),
+                         length=max(len(c), len(r))))  # `length`: what length-grouped batches sort by
     return Dataset.from_list(rows)
+
+# %% ../nbs/04_reward_model.ipynb #6f319c01
+def rm_head(model) -> str:
+    "'score' for a reward model with a scalar `score` layer (a sequence classifier), 'lm' for a causal LM (SimPO)."
+    return 'score' if isinstance(getattr(model, 'score', None), torch.nn.Module) else 'lm'
+
+def lm_rewards(model, input_ids, attention_mask, starts) -> torch.Tensor:
+    "SimPO's reward before β: each row's mean log-probability of its real tokens from `starts` on (the answer), (B,)."
+    from dnf_rlhf.ppo import logprobs_from_logits  # ppo imports this module
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]  # (B, T-1, V): t-1 predicts t
+    lp = logprobs_from_logits(logits, input_ids[:, 1:])  # (B, T-1)
+    pos = torch.arange(1, input_ids.shape[1], device=input_ids.device)[None]  # (1, T-1): the predicted token's position
+    real = (pos >= starts[:, None]) & attention_mask[:, 1:].bool()  # (B, T-1): the answer's tokens
+    return (lp * real).sum(1) / real.sum(1).clamp_min(1)
+
 
 # %% ../nbs/04_reward_model.ipynb #21f82941
 @torch.no_grad()
-def score_ids(model, tokenizer, ids_list:list[list[int]], batch_size:int=32, padding_side:str='right') -> torch.Tensor:
-    "Reward of each token sequence (read at its last real token)."
+def score_ids(model, tokenizer, ids_list:list[list[int]], starts:list[int]|None=None, batch_size:int=32,
+              padding_side:str='right') -> torch.Tensor:
+    "Reward of each token sequence: the score head at its last real token, or an LM head's `lm_rewards` from `starts`."
+    lm = rm_head(model) == 'lm'
+    if lm and starts is None: raise ValueError("an LM-head reward model needs `starts`: where each answer begins")
     model.eval(); out = []
     for i in range(0, len(ids_list), batch_size):
         chunk = ids_list[i:i+batch_size]
         L = max(map(len, chunk))
         if model.device.type == 'xla': L = fixed_width(L)  # XLA compiles each width once
-        pad = lambda x: (x + [tokenizer.pad_token_id] * (L - len(x))) if padding_side == 'right' else ([tokenizer.pad_token_id] * (L - len(x)) + x)
-        ids = torch.tensor([pad(x) for x in chunk], device=model.device)
-        out.append(model(input_ids=ids, attention_mask=(ids != tokenizer.pad_token_id).long()).logits[:, 0].float().cpu())
+        left = [L - len(x) if padding_side == 'left' else 0 for x in chunk]  # pads before each row
+        ids = torch.tensor([[tokenizer.pad_token_id] * n + x + [tokenizer.pad_token_id] * (L - len(x) - n)
+                            for x, n in zip(chunk, left)], device=model.device)
+        mask = (ids != tokenizer.pad_token_id).long()
+        if lm:
+            st = torch.tensor([s + n for s, n in zip(starts[i:i+batch_size], left)], device=model.device)  # (B,)
+            out.append(lm_rewards(model, ids, mask, st).float().cpu())
+        else: out.append(model(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
+
+
+# %% ../nbs/04_reward_model.ipynb #d0d01ef5
+def simpo_trainer(model, args, data, tok, cfg:RMStageConfig, pad_to:int|None=None, callbacks=()):
+    "A transformers `Trainer` with SimPO's loss on each batch of pairs: -log σ(β r̄_c - β r̄_r - γ), r̄ = `lm_rewards`."
+    import torch.nn.functional as F
+    from transformers import Trainer
+    def collate(rows):  # chosen rows, then rejected rows, right-padded (to `pad_to` with fixed shapes); answer starts
+        seqs = [r['chosen_ids'] for r in rows] + [r['rejected_ids'] for r in rows]
+        L = pad_to or max(map(len, seqs))
+        ids = torch.tensor([s + [tok.pad_token_id] * (L - len(s)) for s in seqs])
+        starts = torch.tensor([r['start'] for r in rows] * 2)
+        return dict(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), starts=starts)
+    class SimPOTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            r = cfg.beta * lm_rewards(model, inputs['input_ids'], inputs['attention_mask'], inputs['starts'])  # (2B,)
+            rc, rr = r.chunk(2)
+            loss = -F.logsigmoid(rc - rr - cfg.margin).mean()
+            return (loss, dict(rewards_chosen=rc, rewards_rejected=rr)) if return_outputs else loss
+    trainer = SimPOTrainer(model=model, args=args, train_dataset=data, data_collator=collate, processing_class=tok,
+                           callbacks=list(callbacks))
+    trainer.model_accepts_loss_kwargs = False  # a batch-mean loss: the Trainer divides it over gradient accumulation
+    return trainer
+
 
 # %% ../nbs/04_reward_model.ipynb #3dd61afe
 def train_rm(out, run:Run, normalise:bool=True, callbacks=()) -> dict:
-    "Train the run's reward model into `out`: adapter + score head, diagnostics, normalisation (from SFT samples)."
+    "Train the run's reward model into `out`: adapter (+ score head), diagnostics, normalisation (from SFT samples)."
     from trl import RewardTrainer, RewardConfig
-    from dnf_rlhf.sft import peft_wrap, fp32_trainable
+    from transformers import TrainingArguments
+    from dnf_rlhf.sft import peft_wrap, fp32_trainable, last_checkpoint
     out, preset, project, policy = Path(out), run.preset, run.project, run.policy
     cfg, shape = run.cfg('rm'), preset.rm
+    if cfg.head not in ('score', 'lm'): raise ValueError(f"rm.head must be 'score' or 'lm', not {cfg.head!r}")
     set_seed(cfg.seed); t0 = time.time()
-    model, tok, base_info = load_pretrained(run, head='score')
-    model = peft_wrap(model, cfg, policy, preset.gradient_checkpointing, task_type='SEQ_CLS', modules_to_save=['score'])
+    model, tok, base_info = load_pretrained(run, head='score' if cfg.head == 'score' else 'causal')
+    if cfg.head == 'score':
+        model = peft_wrap(model, cfg, policy, preset.gradient_checkpointing, task_type='SEQ_CLS',
+                          modules_to_save=['score'])
+    else: model = peft_wrap(model, cfg, policy, preset.gradient_checkpointing, init_from=run.artifact('sft')/'adapter')
     train_pairs, test_pairs = load_pairs(project, 'train'), load_pairs(project, 'test')
-    args = RewardConfig(output_dir=str(out/'checkpoints'), per_device_train_batch_size=shape.batch_size,
-                        per_device_eval_batch_size=shape.batch_size, gradient_accumulation_steps=shape.grad_accum,
-                        learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, lr_scheduler_type='cosine',
-                        warmup_steps=cfg.warmup_ratio, logging_steps=10, save_strategy='epoch', save_total_limit=1,
-                        report_to='none', seed=cfg.seed, max_length=shape.max_len,
-                        center_rewards_coefficient=cfg.center_rewards_coefficient, dataloader_num_workers=0,
-                        train_sampling_strategy='group_by_length', remove_unused_columns=False,  # similar-length pairs per batch (a random batch pads to 1.8x the mean); keep `length` for the sampler
-                        gradient_checkpointing=preset.gradient_checkpointing,
-                        pad_to_multiple_of=shape.max_len if policy.fixed_shapes else None, **trainer_precision(policy))
-    trainer = RewardTrainer(model=model, args=args, train_dataset=tokenize_pairs(train_pairs, tok, run),
-                            processing_class=tok, callbacks=list(callbacks))
+    data = tokenize_pairs(train_pairs, tok, run)
+    common = dict(output_dir=str(out/'checkpoints'), per_device_train_batch_size=shape.batch_size,
+                  per_device_eval_batch_size=shape.batch_size, gradient_accumulation_steps=shape.grad_accum,
+                  learning_rate=cfg.lr, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+                  lr_scheduler_type='cosine',
+                  warmup_steps=cfg.warmup_ratio, logging_steps=10, save_strategy='epoch', save_total_limit=1,
+                  report_to='none', seed=cfg.seed, dataloader_num_workers=0,
+                  # similar-length pairs per batch (a random batch pads to 1.8x the mean); keep `length` for the sampler
+                  train_sampling_strategy='group_by_length', remove_unused_columns=False,
+                  gradient_checkpointing=preset.gradient_checkpointing, **trainer_precision(policy))
+    pad_to = shape.max_len if policy.fixed_shapes else None
+    if cfg.head == 'score':
+        args = RewardConfig(**common, max_length=shape.max_len, pad_to_multiple_of=pad_to,
+                            center_rewards_coefficient=cfg.center_rewards_coefficient)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                                callbacks=list(callbacks))
+    else:
+        data = data.filter(lambda r: r['length'] <= shape.max_len)  # the LM reward reads whole answers: none is cut
+        args = TrainingArguments(**common, gradient_checkpointing_kwargs={'use_reentrant': False})  # LoRA inputs
+        trainer = simpo_trainer(model, args, data, tok, cfg, pad_to, callbacks)
     fp32_trainable(trainer.model)
-    from dnf_rlhf.sft import last_checkpoint
     trainer.train(resume_from_checkpoint=last_checkpoint(out/'checkpoints'))
     if not is_main_process(): return {}  # several processes (DDP): the main one writes the outputs
     model = trainer.model
     save_adapter(model, out/'adapter'); tok.save_pretrained(out/'adapter')
     save_json(out/'log_history.json', trainer.state.log_history)
-    metrics = {'rm/train_pairs': len(train_pairs), 'rm/test_pairs': len(test_pairs), 'rm/train_seconds': time.time() - t0,
-               'rm/processes': rank_world()[1],
+    metrics = {'rm/head': cfg.head, 'rm/train_pairs': len(data), 'rm/test_pairs': len(test_pairs),
+               'rm/train_seconds': time.time() - t0, 'rm/processes': rank_world()[1],
                'rm/gradient_checkpointing': bool(getattr(model, 'is_gradient_checkpointing', False))}
     metrics.update(rm_diagnostics(model, tok, train_pairs, test_pairs, run, out))
     norm = reward_normalisation(model, tok, run) if normalise else None
@@ -127,6 +196,7 @@ def train_rm(out, run:Run, normalise:bool=True, callbacks=()) -> dict:
     write_metrics(out, metrics)
     run.manifest(out, 'rm', reward_norm=norm, base=base_info)
     return metrics
+
 
 # %% ../nbs/04_reward_model.ipynb #88d0eb9a
 def pair_accuracies(pairs:list[PairRecord], wins:list[float], prefix:str='rm/') -> dict:
@@ -150,8 +220,9 @@ def group_accuracies(pairs:list[PairRecord], wins:list[float], project:ProjectCo
 def rm_diagnostics(model, tok, train_pairs, test_pairs, run:Run, out) -> dict:
     "Held-out accuracy (overall and per kind), baselines, reward-length correlation, histograms, collapse check."
     cfg, msgs = run.cfg('rm'), [rm_messages(p.prompt, run) for p in test_pairs]
-    rc = score_ids(model, tok, [rm_input_ids(tok, m, p.chosen) for m, p in zip(msgs, test_pairs)])
-    rr = score_ids(model, tok, [rm_input_ids(tok, m, p.rejected) for m, p in zip(msgs, test_pairs)])
+    starts = [len(rm_prompt_ids(tok, m)) for m in msgs]
+    rc = score_ids(model, tok, [rm_input_ids(tok, m, p.chosen) for m, p in zip(msgs, test_pairs)], starts)
+    rr = score_ids(model, tok, [rm_input_ids(tok, m, p.rejected) for m, p in zip(msgs, test_pairs)], starts)
     win = (rc > rr).float()
     scores = torch.cat([rc, rr])
     lens = torch.tensor([float(len(p.chosen)) for p in test_pairs] + [float(len(p.rejected)) for p in test_pairs])
@@ -182,7 +253,7 @@ def reward_normalisation(model, tok, run:Run) -> dict:
     sft_model, stok = load_chat(run, 'sft')
     lm, shape, cfg = sft_model.get_base_model(), run.preset.ppo, run.cfg('rm')
     recs = read_jsonl(run.project.datasets_path()/'ppo_train.jsonl', PPORecord)[:cfg.norm_samples]
-    set_seed(cfg.seed); seqs = []
+    set_seed(cfg.seed); seqs, starts = [], []
     for i in range(0, len(recs), shape.batch_size):  # PPO's batches, so the same random draws as its rollouts
         b = to_device(encode_queries(stok, recs[i:i + shape.batch_size], run), lm.device)
         gen = sample_responses(lm, b['query_ids'], b['query_mask'], shape.max_new_tokens, stok.eos_token_id,
@@ -192,14 +263,16 @@ def reward_normalisation(model, tok, run:Run) -> dict:
         # the RM prompt + the raw response tokens, EOS only where it came (no re-tokenised text), as PPO scores them
         seqs += [p[pm.bool()].tolist() + r[m.bool()].tolist()
                  for p, pm, r, m in zip(b['rm_ids'].cpu(), b['rm_mask'].cpu(), resp, rmask)]
-    s = score_ids(model, tok, seqs)
+        starts += b['rm_mask'].sum(1).tolist()
+    s = score_ids(model, tok, seqs, starts)
     return dict(mean=float(s.mean()), std=float(s.std().clamp_min(1e-6)), n=len(s))
 
 # %% ../nbs/04_reward_model.ipynb #d879ffbc
 def load_rm(run:Run) -> tuple:
-    "(reward model with its adapter and score head, tokenizer, normalisation {'mean','std'}) of the run (tiny: built if absent)."
+    "(reward model with its adapter (+ score head), tokenizer, normalisation {'mean','std'}) of the run."
     d = run.artifact('rm')
-    model, tok, _ = load_pretrained(run, head='score', adapter=d/'adapter')
+    head = 'score' if load_json(d/'adapter'/'adapter_config.json')['task_type'] == 'SEQ_CLS' else 'causal'
+    model, tok, _ = load_pretrained(run, head=head, adapter=d/'adapter')
     return model, tok, load_json(d/MANIFEST)['reward_norm']
 
 RM = register(Stage('rm', '04_reward_model.ipynb', train_rm, RMStageConfig, needs=('sft',),

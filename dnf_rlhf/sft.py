@@ -84,12 +84,14 @@ def trainer_precision(policy:Policy) -> dict:
     xla = dict(optim='adamw_torch') if policy.device == 'xla' else {}  # the default fused AdamW has no XLA kernel
     return dict(bf16=policy.dtype == 'bf16', fp16=policy.dtype == 'fp16', use_cpu=policy.device == 'cpu', **xla)
 
-def peft_wrap(model, cfg:SFTStageConfig, policy:Policy, gradient_checkpointing:bool, task_type='CAUSAL_LM', **kw):
-    "Prepare a (possibly 4-bit) model for training and attach a fresh LoRA adapter."
-    from peft import get_peft_model, prepare_model_for_kbit_training
+def peft_wrap(model, cfg:SFTStageConfig, policy:Policy, gradient_checkpointing:bool, task_type='CAUSAL_LM',
+              init_from=None, **kw):
+    "Prepare a (possibly 4-bit) model for training and attach a LoRA adapter: fresh, or a trainable copy of `init_from`"
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
     if policy.quantization:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
         keep_4bit_trainable_on_cpu(model)
+    if init_from is not None: return PeftModel.from_pretrained(model, str(init_from), is_trainable=True)
     return get_peft_model(model, lora_config(cfg, model, task_type, **kw))
 
 def keep_4bit_trainable_on_cpu(model):
