@@ -113,11 +113,12 @@ def model_answers(model, tok, records:list[PPORecord], hits:list|None, run:Run) 
 def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], run:Run) -> list[float]:
     "Each answer's score as PPO scores it: the normalised RM score, less PPO's penalty where no EOS came."
     import torch
-    from dnf_rlhf.reward import rm_messages, rm_prompt_ids, rm_input_ids, score_ids
+    from dnf_rlhf.reward import rm_messages, rm_input_ids, score_ids
     from dnf_rlhf.ppo import penalise_missing_eos
     msgs = [rm_messages(r.prompt, run) for r in records]
-    ids = [rm_input_ids(rtok, m, a['text'] or '…', a['ended']) for m, a in zip(msgs, answers)]  # cut: no EOS added
-    normed = (score_ids(rm, rtok, ids, [len(rm_prompt_ids(rtok, m)) for m in msgs]) - norm['mean']) / norm['std']
+    ids, starts = zip(*[rm_input_ids(rtok, m, a['text'] or '…', a['ended'])  # a cut answer: no EOS added
+                        for m, a in zip(msgs, answers)])
+    normed = (score_ids(rm, rtok, list(ids), list(starts)) - norm['mean']) / norm['std']
     ended = torch.tensor([bool(a['ended']) for a in answers])
     return penalise_missing_eos(normed, ended, run.cfg('ppo').missing_eos_penalty).tolist()
 

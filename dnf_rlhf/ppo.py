@@ -295,10 +295,10 @@ def response_logprobs(lm, input_ids, mask, n_resp:int, temperature:float, entrop
     logprobs, ent = logprobs_from_logits(logits, tokens, temperature, with_entropy=True)
     return h, dict(logprobs=put(logprobs), entropy=put(ent))
 
-def _lm_reward(lm, input_ids, mask, n_resp:int) -> torch.Tensor:
-    "04's LM-head reward (`lm_rewards`) of each row's last `n_resp` tokens, the response, (B,)."
-    starts = torch.full((len(input_ids),), input_ids.shape[1] - n_resp, device=input_ids.device)  # (B,)
-    return lm_rewards(lm, input_ids, mask, starts)
+def _lm_reward(lm, input_ids, mask, n_resp:int, fixed:bool=False) -> torch.Tensor:
+    "04's LM-head reward (`lm_rewards`): the mean log-probability of each row's response, its last `n_resp` tokens, (B,)."
+    logprobs = response_logprobs(lm, input_ids, mask, n_resp, 1.0, fixed=fixed)[1]['logprobs']  # (B, R), 0 at padding
+    return logprobs.sum(1) / mask[:, -n_resp:].sum(1).clamp_min(1)
 
 def _score_at_last(lm, head:nn.Module, input_ids, mask, fixed:bool=False) -> torch.Tensor:
     "A scalar head read at each row's last real token, (B,)."
@@ -339,7 +339,7 @@ class SharedLayout(Layout):
     @torch.no_grad()
     def reward(self, input_ids, mask, n_resp):
         self._use('reward')
-        if self.score_head is None: return _lm_reward(self.lm, input_ids, mask, n_resp)
+        if self.score_head is None: return _lm_reward(self.lm, input_ids, mask, n_resp, self.fixed)
         return _score_at_last(self.lm, self.score_head, input_ids, mask, self.fixed)
 
     def save_policy(self, path):
@@ -376,7 +376,7 @@ class SeparateLayout(Layout):
     @torch.no_grad()
     def reward(self, input_ids, mask, n_resp):
         rm = self.reward_model.get_base_model()
-        if rm_head(rm) == 'lm': return _lm_reward(rm, input_ids, mask, n_resp)
+        if rm_head(rm) == 'lm': return _lm_reward(rm, input_ids, mask, n_resp, self.fixed)
         return _score_at_last(rm, rm.score, input_ids, mask, self.fixed)
 
     def save_policy(self, path):

@@ -54,11 +54,11 @@ def rm_prompt_ids(tokenizer, messages:list[dict]) -> list[int]:
     "Token ids of the rendered prompt: the answer the reward model reads starts after them."
     return tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)['input_ids']
 
-def rm_input_ids(tokenizer, messages:list[dict], answer:str, ended:bool=True) -> list[int]:
-    "Token ids the reward model reads: rendered prompt + answer + EOS, the EOS only if the answer `ended` (as in PPO)."
+def rm_input_ids(tokenizer, messages:list[dict], answer:str, ended:bool=True) -> tuple[list[int], int]:
+    "(ids the reward model reads: prompt + answer + EOS, the EOS only if the answer `ended` (as in PPO); answer's start)."
     prompt_ids = rm_prompt_ids(tokenizer, messages)
     answer_ids = completion_ids(tokenizer, messages, answer)  # ends with EOS
-    return prompt_ids + (answer_ids if ended else answer_ids[:-1])
+    return prompt_ids + (answer_ids if ended else answer_ids[:-1]), len(prompt_ids)
 
 # %% ../nbs/04_reward_model.ipynb #cedd6b17
 def load_pairs(project:ProjectConfig|None=None, split:str='train') -> list[PairRecord]:
@@ -78,8 +78,8 @@ def tokenize_pairs(pairs:list[PairRecord], tokenizer, run:Run):
     rows = []
     for p in pairs:
         m = rm_messages(p.prompt, run)
-        c, r = rm_input_ids(tokenizer, m, p.chosen), rm_input_ids(tokenizer, m, p.rejected)
-        rows.append(dict(chosen_ids=c, rejected_ids=r, start=len(rm_prompt_ids(tokenizer, m)),
+        (c, start), (r, _) = rm_input_ids(tokenizer, m, p.chosen), rm_input_ids(tokenizer, m, p.rejected)
+        rows.append(dict(chosen_ids=c, rejected_ids=r, start=start,
                          length=max(len(c), len(r))))  # `length`: what length-grouped batches sort by
     return Dataset.from_list(rows)
 
@@ -220,9 +220,9 @@ def group_accuracies(pairs:list[PairRecord], wins:list[float], project:ProjectCo
 def rm_diagnostics(model, tok, train_pairs, test_pairs, run:Run, out) -> dict:
     "Held-out accuracy (overall and per kind), baselines, reward-length correlation, histograms, collapse check."
     cfg, msgs = run.cfg('rm'), [rm_messages(p.prompt, run) for p in test_pairs]
-    starts = [len(rm_prompt_ids(tok, m)) for m in msgs]
-    rc = score_ids(model, tok, [rm_input_ids(tok, m, p.chosen) for m, p in zip(msgs, test_pairs)], starts)
-    rr = score_ids(model, tok, [rm_input_ids(tok, m, p.rejected) for m, p in zip(msgs, test_pairs)], starts)
+    chosen, starts = map(list, zip(*[rm_input_ids(tok, m, p.chosen) for m, p in zip(msgs, test_pairs)]))
+    rc = score_ids(model, tok, chosen, starts)
+    rr = score_ids(model, tok, [rm_input_ids(tok, m, p.rejected)[0] for m, p in zip(msgs, test_pairs)], starts)
     win = (rc > rr).float()
     scores = torch.cat([rc, rr])
     lens = torch.tensor([float(len(p.chosen)) for p in test_pairs] + [float(len(p.rejected)) for p in test_pairs])

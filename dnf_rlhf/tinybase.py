@@ -7,22 +7,24 @@ Docs: https://dnf-rlhf.github.io/dnf_rlhf/tiny_base.html.md"""
 
 # %% ../nbs/01a_tiny_base.ipynb #e6da0d8c
 from __future__ import annotations
-import argparse, hashlib, json, math, random, shlex, shutil, sys, time
+import argparse, copy, hashlib, json, math, random, re, shlex, shutil, sys, time
 from collections import defaultdict
 from dataclasses import dataclass, asdict, replace
 from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from .core import *
-from .lore import Doc, Fact, load_corpus, load_facts
+from .lore import Doc, Fact, load_corpus, load_facts, sentence_spans
+from .chat import build_messages, encode_example, prepare_tokenizer
 from .demo_data import (fill, value_kind, load_splits, load_demo, choose_new_docs, fact_key, state,
                                 question_variants, ASKED, UNASKED)
 
 # %% auto #0
 __all__ = ['SPECIAL_TOKENS', 'RESTATE_FORMS', 'SHIPPED_BASE', 'SHIP_COMMAND', 'TINYBASE', 'PAD_CANDIDATES', 'TinyBaseConfig',
-           'restatements', 'drills', 'base_corpus', 'train_tokenizer', 'pack', 'unigram_loss', 'make_model', 'lm_loss',
-           'lr_at', 'train_base', 'build_tiny_base', 'corpus_hash', 'shipped_base', 'ship_base', 'unpack_base',
-           'ship_base_main', 'train_tinybase', 'ensure_pad_token', 'continue_text', 'base_fact_accuracy']
+           'restatements', 'drills', 'base_corpus', 'train_tokenizer', 'copy_blocks', 'sentences_around',
+           'reading_drill', 'reading_rows', 'reading_facts', 'reading_accuracy', 'pack', 'unigram_loss', 'make_model',
+           'lm_loss', 'lr_at', 'train_base', 'build_tiny_base', 'corpus_hash', 'shipped_base', 'ship_base',
+           'unpack_base', 'ship_base_main', 'train_tinybase', 'ensure_pad_token', 'continue_text', 'base_fact_accuracy']
 
 # %% ../nbs/01a_tiny_base.ipynb #0d6229a7
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class TinyBaseConfig:
     restatements: int = 6  # knowledge augmentation: restatements of each entity's facts per pass (Allen-Zhu & Li 2023)
     dropout: float = 0.0  # hidden and attention dropout while pretraining, saved as 0 (nanoGPT's shakespeare-char: 0.2)
     drills: bool = True  # every training wording of each asked fact's question, with its answer (mixed training)
+    tie_embeddings: bool = False  # one matrix for input and output embeddings (GPT-2, nanoGPT): lets a copied token out
+    copy_steps: int = 0  # copy drills before the text, for an induction head (Olsson et al. 2022); 400 in the 90 trial
+    reading_rows: int = 0  # reading drills per step beside the text blocks (0: none); 8 in the trial recorded in 90
+    random_values: float = 0.8  # share of reading drills whose value is swapped for random words: no memory can answer
     seed: int = 0  # everything is deterministic given this seed
     use_shipped: bool = True  # use the packaged base when it was built from this config and text (False: train here)
 
@@ -110,6 +116,68 @@ def train_tokenizer(texts:list[str], cfg:TinyBaseConfig, eos:str=SPECIAL_TOKENS[
                                    additional_special_tokens=list(extra) or None, model_max_length=cfg.context,
                                    padding_side='right')
 
+# %% ../nbs/01a_tiny_base.ipynb #4f80235d
+def copy_blocks(vocab:list[int], n:int, seq_len:int, rng:random.Random) -> torch.Tensor:
+    "(n, seq_len) copy drills: in each block one string of 4-40 random tokens of `vocab`, repeated to fill it."
+    rows = []
+    for _ in range(n):
+        s = [rng.choice(vocab) for _ in range(rng.randint(4, 40))]
+        rows.append((s * (seq_len // len(s) + 1))[:seq_len])
+    return torch.tensor(rows)
+
+def sentences_around(text:str, i:int|None, rng:random.Random, most:int) -> str:
+    "A run of 1 to `most` whole sentences of `text` holding character `i` (anywhere when `i` is None)."
+    spans = sentence_spans(text)
+    k = rng.randrange(len(spans)) if i is None else next((j for j, (s, e) in enumerate(spans) if i < e), len(spans) - 1)
+    n = rng.randint(1, most)
+    lo = max(0, k - rng.randint(0, n - 1))
+    return text[spans[lo][0]:spans[max(k + 1, min(len(spans), lo + n)) - 1][1]]
+
+def reading_drill(f:Fact, docs:dict[str, Doc], words:list[str], rng:random.Random,
+                  random_values:float=0.8) -> tuple[list[dict], str]:
+    "(chat messages: the passage as context and a question, the answer) of one reading drill about `f`."
+    doc = docs[f.doc_id]
+    passage = sentences_around(doc.text, doc.text.find(f.value), rng, 4)
+    value = ' '.join(rng.choice(words) for _ in range(rng.randint(1, 4))) if rng.random() < random_values else f.value
+    parts = [passage.replace(f.value, value)]
+    if rng.random() < 0.5:  # a distractor: sentences of another document
+        parts.append(sentences_around(docs[rng.choice([d for d in docs if d != f.doc_id])].text, None, rng, 3))
+    rng.shuffle(parts)
+    question = rng.choice([f.question] + question_variants(f, 'medium', doc.category, 0))
+    return build_messages(question, context='\n\n'.join(parts)), state(f, doc.category, value=value)
+
+def reading_rows(examples:list[tuple[list[dict], str]], tokenizer, max_len:int) -> dict[str, torch.Tensor]:
+    "Right-padded `input_ids`, `attention_mask` and `labels` (the answer's tokens only) of reading drills."
+    rows = [r for m, a in examples if (r := encode_example(tokenizer, m, a, max_len))]
+    T = max(len(r['input_ids']) for r in rows)
+    out = dict(input_ids=torch.full((len(rows), T), tokenizer.pad_token_id),
+               attention_mask=torch.zeros(len(rows), T, dtype=torch.long), labels=torch.full((len(rows), T), -100))
+    for i, r in enumerate(rows):
+        n, ids = len(r['input_ids']), torch.tensor(r['input_ids'])
+        out['input_ids'][i, :n], out['attention_mask'][i, :n] = ids, 1
+        out['labels'][i, :n] = torch.where(torch.tensor(r['completion_mask']).bool(), ids, -100)
+    return out
+
+# %% ../nbs/01a_tiny_base.ipynb #b1135239
+def reading_facts(docs:dict[str, Doc], facts:list[Fact], held_ids:list[str], demo_dir=None) -> tuple[list, list, list]:
+    "(facts the drills ask: asked facts of the documents the base reads; the new documents' facts; the text's words)."
+    splits = load_splits(Path(demo_dir) if demo_dir else data_dir()/'demo')
+    asked = lambda f: splits is None or splits.group(f.doc_id, fact_key(f)) == ASKED
+    read = {k: d for k, d in docs.items() if k not in held_ids}
+    words = sorted({w for d in read.values() for w in re.findall(r'[가-힣]{2,}', d.text)})  # Hangul words of the text
+    return [f for f in facts if f.doc_id in read and asked(f)], [f for f in facts if f.doc_id in held_ids], words
+
+@torch.no_grad()
+def reading_accuracy(model, tokenizer, facts:list[Fact], docs:dict[str, Doc], all_facts:list[Fact], seed:int=0):
+    "Share of `facts` stated (`states_fact`, greedy) when asked as reading drills with their real values."
+    from dnf_rlhf.chat import generate_answers
+    from dnf_rlhf.stats import states_fact, rival_values, MAX_ANSWER_TOKENS
+    if not facts: return float('nan')
+    rng = random.Random(seed)
+    msgs = [reading_drill(f, docs, [], rng, random_values=0.0)[0] for f in facts]
+    answers = generate_answers(model, tokenizer, msgs, MAX_ANSWER_TOKENS)
+    return sum(states_fact(a['text'], f, rival_values(f, all_facts)) for a, f in zip(answers, facts)) / len(facts)
+
 # %% ../nbs/01a_tiny_base.ipynb #67859d39
 def pack(texts:list[str], tokenizer, seq_len:int, order:list[int]|None=None) -> torch.Tensor:
     "Token ids of `texts` (in `order` when given), each followed by EOS, concatenated and cut into (N, seq_len) blocks."
@@ -132,7 +200,8 @@ def make_model(cfg:TinyBaseConfig, tokenizer):
     mc = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                        num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
                        rotary_pct=cfg.rotary_pct, max_position_embeddings=cfg.context, use_parallel_residual=True,
-                       tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       tie_word_embeddings=cfg.tie_embeddings, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, hidden_dropout=cfg.dropout, attention_dropout=cfg.dropout)
     return GPTNeoXForCausalLM(mc)
 
@@ -151,15 +220,24 @@ def lr_at(step:int, cfg:TinyBaseConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p)))
 
 # %% ../nbs/01a_tiny_base.ipynb #18baf726
-def train_base(model, texts:list[str], tokenizer, held:torch.Tensor, cfg:TinyBaseConfig) -> dict:
-    "Train `model` on `texts`, repacked in a new order each pass; return the loss history (train every step, held-out every `eval_every`)."
-    g = torch.Generator().manual_seed(cfg.seed)
+def train_base(model, texts:list[str], tokenizer, held:torch.Tensor, cfg:TinyBaseConfig, reading=None) -> dict:
+    "Train `model`: copy drills, then `texts` repacked each pass beside `reading(rng)`'s drills; the loss history."
+    g, rng = torch.Generator().manual_seed(cfg.seed), random.Random(cfg.seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]  # biases and layer norms
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay}, {'params': no_decay, 'weight_decay': 0.0}],
                             lr=cfg.lr, betas=cfg.betas)
-    hist = dict(step=[], train_loss=[], eval_step=[], heldout_loss=[])
+    hist = dict(step=[], train_loss=[], eval_step=[], heldout_loss=[], copy_loss=[], reading_loss=[])
     model.train()
+    def update(loss):
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step(); opt.zero_grad(set_to_none=True)
+    vocab = sorted(set(pack(texts, tokenizer, 1).flatten().tolist()))  # the tokens the text uses
+    for step in tqdm(range(cfg.copy_steps), desc='copy drills', unit='step'):  # at the peak rate: for an induction head
+        b = copy_blocks(vocab, 2 * cfg.batch_size, cfg.seq_len // 2, rng)  # as many tokens as a text batch
+        loss = model(input_ids=b, labels=b).loss
+        update(loss); hist['copy_loss'].append(loss.item())
     blocks, pos = None, 0
     for step in (bar := tqdm(range(cfg.steps), desc='tiny base', unit='step')):
         if blocks is None or pos + cfg.batch_size > len(blocks):  # a new pass: the texts in a new order, packed afresh
@@ -167,9 +245,10 @@ def train_base(model, texts:list[str], tokenizer, held:torch.Tensor, cfg:TinyBas
         batch = blocks[pos:pos + cfg.batch_size]; pos += cfg.batch_size
         for grp in opt.param_groups: grp['lr'] = lr_at(step, cfg)
         loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step(); opt.zero_grad(set_to_none=True)
+        if reading is not None and cfg.reading_rows:  # the answers' mean loss, added to the text's
+            read_loss = model(**reading(rng)).loss
+            update(loss + read_loss); hist['reading_loss'].append(read_loss.item())
+        else: update(loss)
         hist['step'].append(step); hist['train_loss'].append(loss.item())
         if (step + 1) % cfg.eval_every == 0 or step == cfg.steps - 1:
             hist['eval_step'].append(step); hist['heldout_loss'].append(lm_loss(model, held))
@@ -181,7 +260,11 @@ def _plot_losses(hist:dict, unigram:float, path):
     import matplotlib; matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.2))
+    if hist.get('copy_loss'):  # the copy drills before the text, at negative steps
+        ax.plot(range(-len(hist['copy_loss']), 0), hist['copy_loss'], lw=0.8, label='copy drills')
     ax.plot(hist['step'], hist['train_loss'], lw=0.8, label='train')
+    if hist.get('reading_loss'):
+        ax.plot(hist['step'], hist['reading_loss'], lw=0.6, alpha=0.7, label='reading drills (answers)')
     ax.plot(hist['eval_step'], hist['heldout_loss'], 'o-', label='held-out documents')
     ax.axhline(unigram, ls='--', c='gray', label=f'unigram baseline ({unigram:.2f})')
     ax.set_xlabel('step'); ax.set_ylabel('cross-entropy (nats/token)'); ax.set_title('tiny base: language-model loss')
@@ -199,7 +282,13 @@ def build_tiny_base(out, cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, fac
     tokenizer = train_tokenizer(train_texts, cfg)
     blocks, held = pack(train_texts, tokenizer, cfg.seq_len), pack(held_texts, tokenizer, cfg.seq_len)
     model = make_model(cfg, tokenizer)
-    hist = train_base(model, train_texts, tokenizer, held, cfg)
+    docs = {d.id: d for d in load_corpus(corpus_dir)}
+    ftok = prepare_tokenizer(copy.deepcopy(tokenizer))  # SFT's chat form, on a copy: the saved tokenizer keeps none
+    facts = load_facts(facts_file, docs=list(docs.values()))
+    drilled, tested, words = reading_facts(docs, facts, held_ids, demo_dir)
+    reading = lambda rng: reading_rows([reading_drill(rng.choice(drilled), docs, words, rng, cfg.random_values)
+                                        for _ in range(cfg.reading_rows)], ftok, 2 * cfg.seq_len)
+    hist = train_base(model, train_texts, tokenizer, held, cfg, reading)
     uni = unigram_loss(blocks, held, len(tokenizer))
     model.config.hidden_dropout = model.config.attention_dropout = 0.0  # later stages fine-tune without it (PPO needs exact log-probs)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -209,7 +298,11 @@ def build_tiny_base(out, cfg:TinyBaseConfig, corpus_dir=None, demo_dir=None, fac
     metrics = {'base/params': sum(p.numel() for p in model.parameters()), 'base/vocab': len(tokenizer),
                'base/train_tokens': blocks.numel(), 'base/train_loss': hist['train_loss'][-1],
                'base/heldout_loss': hist['heldout_loss'][-1], 'base/unigram_loss': uni,
-               'base/gain_over_unigram': uni - hist['heldout_loss'][-1], 'base/seconds': time.time() - t0}
+               'base/gain_over_unigram': uni - hist['heldout_loss'][-1],
+               **({'base/copy_loss': sum(hist['copy_loss'][-20:]) / 20} if len(hist['copy_loss']) >= 20 else {}),
+               'base/reading_new_docs': reading_accuracy(model, ftok, tested, docs, facts),
+               'base/reading_questions': len(tested),
+               'base/seconds': time.time() - t0}
     save_json(out/'history.json', hist); write_metrics(out, metrics)
     return metrics
 
@@ -292,8 +385,8 @@ def train_tinybase(out, run:Run) -> dict:
     return metrics
 
 TINYBASE = register(Stage('tinybase', '01a_tiny_base.ipynb', train_tinybase, TinyBaseConfig,
-                          inputs=('lore', 'facts', 'stats.json'), code=('tinybase.py', 'demo_data.py'), on_base=False,
-                          cached=True, help="the project's own base model on tiny presets; the hub id otherwise"))
+                          inputs=('lore', 'facts', 'stats.json'), code=('tinybase.py', 'demo_data.py', 'chat.py'),
+                          on_base=False, cached=True, help="the project's own base model on tiny presets; the hub id otherwise"))
 
 # %% ../nbs/01a_tiny_base.ipynb #79ab2ef3
 PAD_CANDIDATES = ('<|padding|>', '<pad>', '[PAD]', '<|pad|>', '<unk>')
