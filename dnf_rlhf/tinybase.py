@@ -233,7 +233,7 @@ def train_base(model, texts:list[str], tokenizer, held:torch.Tensor, cfg:TinyBas
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step(); opt.zero_grad(set_to_none=True)
-    vocab = sorted(set(pack(texts, tokenizer, 1).flatten().tolist()))  # the tokens the text uses
+    vocab = sorted(set(pack(texts, tokenizer, 1).flatten().tolist())) if cfg.copy_steps else []  # the text's tokens
     for step in tqdm(range(cfg.copy_steps), desc='copy drills', unit='step'):  # at the peak rate: for an induction head
         b = copy_blocks(vocab, 2 * cfg.batch_size, cfg.seq_len // 2, rng)  # as many tokens as a text batch
         loss = model(input_ids=b, labels=b).loss
