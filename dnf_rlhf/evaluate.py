@@ -16,7 +16,7 @@ import numpy as np
 from .core import *
 from .formats import PPORecord, SFTRecord, read_jsonl, rouge_l
 from .demo_data import GROUP_TAGS
-from .chat import prepare_tokenizer, generate_answers, is_haeyo
+from .chat import build_messages, prepare_tokenizer, generate_answers, is_haeyo
 from .stats import mean_se, win_rate, fact_accuracy, top_answer_share, MAX_ANSWER_TOKENS
 from .models import load_chat
 from . import sft as _sft, ppo as _ppo, dpo as _dpo, grpo as _grpo, rloo as _rloo  # register what is compared
@@ -24,9 +24,10 @@ from . import sft as _sft, ppo as _ppo, dpo as _dpo, grpo as _grpo, rloo as _rlo
 # %% auto #0
 __all__ = ['REDIRECT_MARKERS', 'AGREE_MARKERS', 'MODELS', 'SYSTEMS', 'REQUIRED_METRICS', 'JUDGE_PAIRS', 'EVAL', 'EvalStageConfig',
            'eval_prompts', 'distinct_n', 'harm_reasons', 'is_harmless', 'eval_retriever', 'model_answers', 'rm_scores',
-           'system_metrics', 'missing_or_nonfinite', 'judge_items', 'judge_table', 'judge_config', 'run_judge',
-           'kl_to_sft', 'evaluate', 'answer_rows', 'stage_runtimes', 'methods_table', 'eval_report_markdown',
-           'plot_eval_bars', 'write_eval_report', 'train_eval', 'metric_differences', 'eval_main']
+           'fact_metrics', 'system_metrics', 'missing_or_nonfinite', 'judge_items', 'judge_table', 'judge_config',
+           'run_judge', 'kl_to_sft', 'evaluate', 'answer_rows', 'stage_runtimes', 'methods_table',
+           'eval_report_markdown', 'plot_eval_bars', 'write_eval_report', 'train_eval', 'metric_differences',
+           'eval_main']
 
 # %% ../nbs/08_evaluation.ipynb #da591a57
 @dataclass(frozen=True)
@@ -96,18 +97,18 @@ def eval_retriever(run:Run):
 
 # %% ../nbs/08_evaluation.ipynb #b5f884bc
 def model_answers(model, tok, records:list[PPORecord], hits:list|None, run:Run) -> dict[str, list[dict]]:
-    "{'closed': answers, 'rag': answers (none without `hits`)} of one model to `records`, greedy: {'text', 'ended', …}."
+    "{'closed': answers, 'rag': answers, 'contexts': passages given (none without `hits`)}, greedy: {'text', …}."
     from dnf_rlhf.sft import sft_messages, sft_persona
-    from dnf_rlhf.rag import rag_messages, context_budget
+    from dnf_rlhf.rag import build_context, context_budget
     cfg, persona, L = run.cfg('eval'), sft_persona(run), run.preset.sft.max_len
     gen = lambda msgs: generate_answers(model, tok, msgs, cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     closed = gen([sft_messages(r, run) for r in records])  # exactly what SFT trained on
     if hits is None: return {'closed': closed}
-    rag = [rag_messages(r.prompt, h, tok, context_budget(tok, r.prompt, L, cfg.max_new_tokens, persona), persona)
-           for r, h in zip(records, hits)]
-    opened = gen([m for m, _ in rag])
-    for a, (_, ids) in zip(opened, rag): a['sources'] = ids
-    return {'closed': closed, 'rag': opened}
+    given = [build_context(h, tok, context_budget(tok, r.prompt, L, cfg.max_new_tokens, persona), r.prompt)
+             for r, h in zip(records, hits)]  # (passages within the SFT length, their chunk ids), as `rag_messages`
+    opened = gen([build_messages(r.prompt, context=c or None, persona=persona) for r, (c, _) in zip(records, given)])
+    for a, (_, ids) in zip(opened, given): a['sources'] = ids
+    return {'closed': closed, 'rag': opened, 'contexts': [c for c, _ in given]}
 
 # %% ../nbs/08_evaluation.ipynb #344fe5b5
 def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], run:Run) -> list[float]:
@@ -126,16 +127,23 @@ def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], 
 REQUIRED_METRICS = ('reward', 'reward_se', 'win_rate_vs_sft', 'fact_acc', 'fact_acc_se', 'haeyo_rate', 'eos_rate', 'tokens',
                     'distinct_1', 'distinct_2', 'top_answer_share', 'harmless_rate', 'harmless_rate_se')
 
+def fact_metrics(records:list[PPORecord], texts:list[str], n_tokens:list[int], facts:dict,
+                 groups:list|None=None) -> dict:
+    "Factual accuracy (`states_fact`) of `texts` on the fact questions, overall and per `groups` (02's split), ± SE."
+    acc = [fact_accuracy(t, r.facts, facts, n) if r.kind == 'fact' else None
+           for r, t, n in zip(records, texts, n_tokens)]
+    m = dict(zip(('fact_acc', 'fact_acc_se'), mean_se([x for x in acc if x is not None] or [float('nan')])))
+    for g in dict.fromkeys(g for g in groups or [] if g in GROUP_TAGS):
+        m[f'fact_acc_{GROUP_TAGS[g]}'], m[f'fact_acc_{GROUP_TAGS[g]}_se'] = mean_se([x for x, h in zip(acc, groups) if h == g])
+    return m
+
 def system_metrics(records:list[PPORecord], answers:list[dict], scores:list[float], sft_scores:list[float], facts:dict,
                    groups:list|None=None) -> dict:
     "The metrics of one system's `answers` (REQUIRED_METRICS, unprefixed), and factual accuracy per fact `groups` (02's split)."
     m = {}
     m['reward'], m['reward_se'] = mean_se(scores)
     m['win_rate_vs_sft'] = win_rate(scores, sft_scores)
-    acc = [fact_accuracy(a['text'], r.facts, facts, a['n_tokens']) if r.kind == 'fact' else None for r, a in zip(records, answers)]
-    m['fact_acc'], m['fact_acc_se'] = mean_se([x for x in acc if x is not None] or [float('nan')])
-    for g in dict.fromkeys(g for g in groups or [] if g in GROUP_TAGS):
-        m[f'fact_acc_{GROUP_TAGS[g]}'], m[f'fact_acc_{GROUP_TAGS[g]}_se'] = mean_se([x for x, h in zip(acc, groups) if h == g])
+    m |= fact_metrics(records, [a['text'] for a in answers], [a['n_tokens'] for a in answers], facts, groups)
     m['haeyo_rate'] = float(np.mean([is_haeyo(a['text']) for r, a in zip(records, answers) if r.kind != 'hostile']))
     m['eos_rate'] = float(np.mean([a['ended'] for a in answers]))
     m['tokens'] = float(np.mean([a['n_tokens'] for a in answers]))
@@ -247,7 +255,7 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
     for name in tqdm(MODELS, desc='eval: answers', unit='model'):
         model, tok = load_chat(run, name)
         got = model_answers(model, tok, records, hits, run)
-        answers[name], answers[f'{name}+rag'] = got['closed'], got['rag']
+        answers[name], answers[f'{name}+rag'], contexts = got['closed'], got['rag'], got['contexts']  # one tokenizer
         del model
     methods = compared_models(run)  # SFT, PPO and the opt-in stages this run has (DPO, GRPO, RLOO): closed book
     for name in (m for m in methods if m not in MODELS):
@@ -264,6 +272,9 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
     metrics = {}
     for s in answers:
         metrics.update({f'eval/{s}/{k}': v for k, v in system_metrics(records, answers[s], scores[s], scores['sft'], facts, groups).items()})
+    # the ceiling of every +rag system: does the context it was given state the fact itself?
+    ceiling = fact_metrics(records, contexts, [0] * len(records), facts, groups)  # no length limit on a context
+    metrics.update({f'eval/context/{k}': v for k, v in ceiling.items()})
     wins = {a: {b: win_rate(scores[a], scores[b]) for b in SYSTEMS} for a in SYSTEMS}
     # 4. retrieval recall on the retrieval questions
     try: retrieval = evaluate_retrieval(retriever, load_questions(project, splits=('test',)))
@@ -280,7 +291,9 @@ def evaluate(run:Run, judge_cfg=None, judge_out=None) -> dict:
         judged = run_judge(records, {s: [a['text'] for a in answers[s]] for s in SYSTEMS}, cfg, judge_cfg, judge_out or tempfile.mkdtemp())
         for s, row in judged.items():
             metrics.update({f'eval/{s}/judge_{k}': v for k, v in row.items() if v is not None})
-    return dict(records=[dict(r.model_dump(), group=g) for r, g in zip(records, groups)], answers=answers, scores=scores, metrics=metrics, win_rates=wins,
+    rows = [dict(r.model_dump(), group=g, context=c)  # the context: what every +rag system was given
+            for r, g, c in zip(records, groups, contexts)]
+    return dict(records=rows, answers=answers, scores=scores, metrics=metrics, win_rates=wins,
                 retrieval=retrieval, judge=judged, judge_model=judge_cfg.model if judge_cfg else None, methods=methods,
                 resources=resources)
 
@@ -340,6 +353,9 @@ def eval_report_markdown(rep:dict, img_prefix:str='', runtimes:bool=True) -> str
               '(a) asked facts in new wordings, (b) facts only the base read, new = documents only the retrieval index holds.', '',
               '| system | ' + ' | '.join(gs) + ' |', '|---|' + '---:|' * len(gs)]
         L += [f"| {s} | " + ' | '.join(_pm(m, s, f'fact_acc_{g}') for g in gs) + ' |' for s in SYSTEMS]
+        if all(f'eval/context/fact_acc_{g}' in m for g in gs):  # what a perfect reader of the passages would score
+            L.append('| *the given context itself (+rag ceiling)* | '
+                     + ' | '.join(_pm(m, 'context', f'fact_acc_{g}') for g in gs) + ' |')
     L += methods_table(rep)
     L += ['', '### 승률 행렬 (win rate of row over column, under the RM)', '', '| | ' + ' | '.join(SYSTEMS) + ' |',
           '|---|' + '---:|' * len(SYSTEMS)]
