@@ -354,7 +354,7 @@ def eval_report_markdown(rep:dict, img_prefix:str='', runtimes:bool=True) -> str
               '| system | ' + ' | '.join(gs) + ' |', '|---|' + '---:|' * len(gs)]
         L += [f"| {s} | " + ' | '.join(_pm(m, s, f'fact_acc_{g}') for g in gs) + ' |' for s in SYSTEMS]
         if all(f'eval/context/fact_acc_{g}' in m for g in gs):  # what a perfect reader of the passages would score
-            L.append('| *the given context itself (+rag ceiling)* | '
+            L.append('| *붙인 글 자체 = +rag의 천장 (the given context: ceiling)* | '
                      + ' | '.join(_pm(m, 'context', f'fact_acc_{g}') for g in gs) + ' |')
     L += methods_table(rep)
     L += ['', '### 승률 행렬 (win rate of row over column, under the RM)', '', '| | ' + ' | '.join(SYSTEMS) + ' |',
