@@ -16,7 +16,7 @@ import numpy as np
 from .core import *
 from .formats import PPORecord, SFTRecord, read_jsonl, rouge_l
 from .demo_data import GROUP_TAGS
-from .chat import build_messages, prepare_tokenizer, generate_answers, is_haeyo
+from .chat import prepare_tokenizer, generate_answers, is_haeyo
 from .stats import mean_se, win_rate, fact_accuracy, top_answer_share, MAX_ANSWER_TOKENS
 from .models import load_chat
 from . import sft as _sft, ppo as _ppo, dpo as _dpo, grpo as _grpo, rloo as _rloo  # register what is compared
@@ -99,16 +99,16 @@ def eval_retriever(run:Run):
 def model_answers(model, tok, records:list[PPORecord], hits:list|None, run:Run) -> dict[str, list[dict]]:
     "{'closed': answers, 'rag': answers, 'contexts': passages given (none without `hits`)}, greedy: {'text', …}."
     from dnf_rlhf.sft import sft_messages, sft_persona
-    from dnf_rlhf.rag import build_context, context_budget
+    from dnf_rlhf.rag import rag_messages, context_budget
     cfg, persona, L = run.cfg('eval'), sft_persona(run), run.preset.sft.max_len
     gen = lambda msgs: generate_answers(model, tok, msgs, cfg.max_new_tokens, batch_size=cfg.batch_size, seed=cfg.seed)
     closed = gen([sft_messages(r, run) for r in records])  # exactly what SFT trained on
     if hits is None: return {'closed': closed}
-    given = [build_context(h, tok, context_budget(tok, r.prompt, L, cfg.max_new_tokens, persona), r.prompt)
-             for r, h in zip(records, hits)]  # (passages within the SFT length, their chunk ids), as `rag_messages`
-    opened = gen([build_messages(r.prompt, context=c or None, persona=persona) for r, (c, _) in zip(records, given)])
-    for a, (_, ids) in zip(opened, given): a['sources'] = ids
-    return {'closed': closed, 'rag': opened, 'contexts': [c for c, _ in given]}
+    rag = [rag_messages(r.prompt, h, tok, context_budget(tok, r.prompt, L, cfg.max_new_tokens, persona), persona)
+           for r, h in zip(records, hits)]  # (messages, chunk ids, the passages within the SFT length)
+    opened = gen([m for m, *_ in rag])
+    for a, (_, ids, _) in zip(opened, rag): a['sources'] = ids
+    return {'closed': closed, 'rag': opened, 'contexts': [c for *_, c in rag]}
 
 # %% ../nbs/08_evaluation.ipynb #344fe5b5
 def rm_scores(rm, rtok, norm:dict, records:list[PPORecord], answers:list[dict], run:Run) -> list[float]:

@@ -526,11 +526,12 @@ def build_context(hits:list[Hit], tokenizer=None, budget:int|None=None, query:st
     return sep.join(parts), ids
 
 # %% ../nbs/06_rag.ipynb #67a9c25f
-def rag_messages(question:str, hits:list[Hit], tokenizer, budget:int|None, persona:str|None=None) -> tuple[list[dict], list[str]]:
-    "(chat messages with the retrieved passages as context, ids of the chunks given)."
+def rag_messages(question:str, hits:list[Hit], tokenizer, budget:int|None,
+                 persona:str|None=None) -> tuple[list[dict], list[str], str]:
+    "(chat messages with the retrieved passages as context, ids of the chunks given, that context's text)."
     from dnf_rlhf.chat import build_messages
     context, ids = build_context(hits, tokenizer, budget, question)
-    return build_messages(question, context=context or None, persona=persona), ids
+    return build_messages(question, context=context or None, persona=persona), ids, context
 
 def context_budget(tokenizer, question:str, max_len:int, max_new_tokens:int, persona:str|None=None) -> int:
     "Tokens left for passages so the whole prompt plus the answer stays within `max_len` (the preset's SFT length)."
@@ -548,11 +549,11 @@ def compare_answers(model, tokenizer, retriever:Retriever, records:list[Retrieva
     rag = [rag_messages(r.question, h, tokenizer, context_budget(tokenizer, r.question, L, max_new_tokens, persona), persona)
            for r, h in zip(records, hits)]
     closed = generate_answers(model, tokenizer, [build_messages(r.question, persona=persona) for r in records], max_new_tokens)
-    opened = generate_answers(model, tokenizer, [m for m, _ in rag], max_new_tokens)
+    opened = generate_answers(model, tokenizer, [m for m, *_ in rag], max_new_tokens)
     return [dict(question=r.question, value=r.answer, closed_book=c['text'], rag=o['text'], sources=ids,
                  gold_given=bool(relevant_ids(r, retriever.chunks) & set(ids)),
                  closed_hit=r.answer in c['text'], rag_hit=r.answer in o['text'])
-            for r, c, o, (_, ids) in zip(records, closed, opened, rag)]
+            for r, c, o, (_, ids, _) in zip(records, closed, opened, rag)]
 
 # %% ../nbs/06_rag.ipynb #3b9b97fb
 def project_chunks(run:Run) -> list[Chunk]:

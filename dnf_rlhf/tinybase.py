@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from .core import *
 from .lore import Doc, Fact, load_corpus, load_facts, sentence_spans
-from .chat import build_messages, encode_example, prepare_tokenizer
+from .chat import build_messages, encode_example, generate_answers, prepare_tokenizer
 from .demo_data import (fill, value_kind, load_splits, load_demo, choose_new_docs, fact_key, state,
                                 question_variants, ASKED, UNASKED)
 
@@ -170,7 +170,6 @@ def reading_facts(docs:dict[str, Doc], facts:list[Fact], held_ids:list[str], dem
 @torch.no_grad()
 def reading_accuracy(model, tokenizer, facts:list[Fact], docs:dict[str, Doc], all_facts:list[Fact], seed:int=0):
     "Share of `facts` stated (`states_fact`, greedy) when asked as reading drills with their real values."
-    from dnf_rlhf.chat import generate_answers
     from dnf_rlhf.stats import states_fact, rival_values, MAX_ANSWER_TOKENS
     if not facts: return float('nan')
     rng = random.Random(seed)
